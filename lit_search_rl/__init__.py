@@ -1,0 +1,1 @@
+"""Train LLM search agents with GRPO and query recycling."""

@@ -1,0 +1,1 @@
+"""Data: the synthetic world, dataset loaders and (later) the recycling DataModule."""

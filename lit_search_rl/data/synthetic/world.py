@@ -1,0 +1,250 @@
+"""Generate the synthetic world and write it to a folder.
+
+``generate_world`` is pure (same config, same bytes); ``write_world`` writes into a
+temporary sibling folder and renames it into place, so an interrupted or failed run
+never leaves a half-written world behind.
+
+Layout of a world folder::
+
+    world.json                manifest: config, counts, file list
+    corpus.jsonl              {"id", "contents": "Title\\ntext"}
+    entities.jsonl            every entity and its facts (for analysis, not for the agent)
+    sft.jsonl                 questions with the expert's steps, for the SFT warm start
+    train.jsonl               the RL training pool
+    val/<family>.jsonl        validation questions of one family
+    test/<family>.jsonl       test questions of one family
+
+Question rows are FlashRAG rows (``id``, ``question``, ``golden_answers``) plus ``family`` and ``hops``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lit_search_rl.data.synthetic.corpus import Corpus, build_corpus
+from lit_search_rl.data.synthetic.entities import Entities, build_entities
+from lit_search_rl.data.synthetic.names import NameFactory
+from lit_search_rl.data.synthetic.questions import (
+    FAMILIES,
+    Question,
+    chain_question,
+    comparison_question,
+    iterative_question,
+)
+from lit_search_rl.data.synthetic.schema import longest_chain
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WorldConfig:
+    """Size and shape of the synthetic world. The defaults generate in a few seconds."""
+
+    seed: int = 0
+    """Seed of every random choice; the same seed and sizes give byte-identical files."""
+    num_countries: int = 6
+    """Number of countries."""
+    num_cities: int = 30
+    """Number of cities (at least one per country, so that each country has a capital)."""
+    num_people: int = 120
+    """Number of people (directors, founders, singers and others)."""
+    num_companies: int = 40
+    """Number of companies."""
+    num_films: int = 60
+    """Number of films."""
+    num_bands: int = 30
+    """Number of bands."""
+    num_distractors: int = 60
+    """Number of distractor passages that name entities without stating any asked-for fact."""
+    max_hops: int = 4
+    """Longest relation chain a question may need (chain and iterative families)."""
+    num_sft: int = 1500
+    """Questions with expert trajectories for the SFT warm start, spread evenly over the families."""
+    num_train: int = 1500
+    """Questions in the RL training pool, spread evenly over the families."""
+    num_val: int = 50
+    """Validation questions per family."""
+    num_test: int = 100
+    """Test questions per family."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible option."""
+        minimum = {
+            "num_countries": 1,
+            "num_people": 2,
+            "num_companies": 2,
+            "num_films": 2,
+            "num_bands": 2,
+            "num_distractors": 0,
+            "num_sft": 0,
+            "num_train": 0,
+            "num_val": 0,
+            "num_test": 0,
+        }
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} must be at least {low} (got {getattr(self, name)})")
+        if self.num_cities < max(2, self.num_countries):
+            raise ValueError(
+                f"--num_cities must be at least --num_countries and at least 2 (got {self.num_cities} cities "
+                f"for {self.num_countries} countries)"
+            )
+        longest = longest_chain()
+        if not 2 <= self.max_hops <= longest:
+            raise ValueError(
+                f"--max_hops must be between 2 and {longest}, the longest relation chain this world's schema "
+                f"allows (got {self.max_hops})"
+            )
+
+
+@dataclass
+class World:
+    """A generated world: entities, corpus and question splits."""
+
+    config: WorldConfig
+    entities: Entities
+    corpus: Corpus
+    splits: dict[str, list[Question]]
+    """``sft``, ``train``, ``val/<family>`` and ``test/<family>`` -> questions."""
+
+
+def _sampler(family: str, world: tuple[Entities, Corpus], max_hops: int) -> Callable[[random.Random], Question | None]:
+    entities, corpus = world
+    if family == "chain":
+        return lambda rng: chain_question(entities, corpus, rng, rng.randint(1, max_hops))
+    if family == "iterative":
+        return lambda rng: iterative_question(entities, corpus, rng, rng.randint(2, max_hops))
+    return lambda rng: comparison_question(entities, corpus, rng)
+
+
+def _draw_unique(family: str, count: int, sample: Callable, rng: random.Random, seen: set[str]) -> list[Question]:
+    questions: list[Question] = []
+    for _ in range(200 * count + 1000):
+        if len(questions) == count:
+            return questions
+        q = sample(rng)
+        if q is not None and q.question not in seen:
+            seen.add(q.question)
+            questions.append(q)
+    raise ValueError(
+        f"only {len(questions)} distinct {family} questions fit a world of this size but {count} are needed; "
+        "lower --num_sft/--num_train/--num_val/--num_test or raise the entity counts (--num_people, --num_films, ...)"
+    )
+
+
+def _even_split(total: int) -> list[int]:
+    """``total`` spread over the families, the remainder going to the first ones."""
+    base, extra = divmod(total, len(FAMILIES))
+    return [base + (1 if i < extra else 0) for i in range(len(FAMILIES))]
+
+
+def generate_world(config: WorldConfig) -> World:
+    """Generate entities, corpus and splits; deterministic in ``config``.
+
+    Every question text is unique across all splits, so no question is shared between
+    SFT, RL training, validation and test.
+    """
+    config.validate()
+    rng = random.Random(config.seed)
+    names = NameFactory(rng)
+    entities = build_entities(
+        rng,
+        names,
+        num_countries=config.num_countries,
+        num_cities=config.num_cities,
+        num_people=config.num_people,
+        num_companies=config.num_companies,
+        num_films=config.num_films,
+        num_bands=config.num_bands,
+    )
+    corpus = build_corpus(entities, config.num_distractors, rng, names)
+
+    splits: dict[str, list[Question]] = {"sft": [], "train": []}
+    seen: set[str] = set()
+    sft_counts, train_counts = _even_split(config.num_sft), _even_split(config.num_train)
+    for i, family in enumerate(FAMILIES):
+        total = config.num_test + config.num_val + train_counts[i] + sft_counts[i]
+        drawn = _draw_unique(family, total, _sampler(family, (entities, corpus), config.max_hops), rng, seen)
+        # Evaluation sets are taken first so that changing the training sizes leaves them alone.
+        splits[f"test/{family}"] = drawn[: config.num_test]
+        splits[f"val/{family}"] = drawn[config.num_test : config.num_test + config.num_val]
+        rest = drawn[config.num_test + config.num_val :]
+        splits["train"] += rest[: train_counts[i]]
+        splits["sft"] += rest[train_counts[i] :]
+    rng.shuffle(splits["train"])
+    rng.shuffle(splits["sft"])
+    return World(config=config, entities=entities, corpus=corpus, splits=splits)
+
+
+def question_row(question: Question, qid: str, with_steps: bool = False) -> dict:
+    """The JSON-lines row of a question; ``with_steps`` adds the expert's plan."""
+    row = {
+        "id": qid,
+        "question": question.question,
+        "golden_answers": question.golden_answers,
+        "family": question.family,
+        "hops": question.hops,
+    }
+    if with_steps:
+        row["rule"] = question.rule
+        row["steps"] = [asdict(step) for step in question.steps]
+    return row
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+
+
+def write_world(world: World, out: Path, overwrite: bool = False) -> dict:
+    """Write ``world`` to ``out`` atomically and return its manifest."""
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_jsonl(tmp / "corpus.jsonl", [p.to_row() for p in world.corpus.passages])
+        _write_jsonl(
+            tmp / "entities.jsonl",
+            [{"id": e.id, "kind": e.kind, "name": e.name, "facts": e.facts} for e in world.entities.by_id.values()],
+        )
+        files = {"corpus": "corpus.jsonl", "entities": "entities.jsonl"}
+        for split, questions in world.splits.items():
+            prefix = split.replace("/", "-")
+            rows = [question_row(q, f"{prefix}-{i:05d}", with_steps=split == "sft") for i, q in enumerate(questions)]
+            _write_jsonl(tmp / f"{split}.jsonl", rows)
+            files[split] = f"{split}.jsonl"
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "config": asdict(world.config),
+            "counts": {
+                "entities": len(world.entities.by_id),
+                "passages": len(world.corpus.passages),
+                **{split: len(qs) for split, qs in world.splits.items()},
+            },
+            "files": files,
+        }
+        (tmp / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

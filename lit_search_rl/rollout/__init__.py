@@ -1,0 +1,1 @@
+"""The agent protocol, the multi-turn agent loop and the generation engines."""
