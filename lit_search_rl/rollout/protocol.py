@@ -17,7 +17,16 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-TAGS: tuple[str, ...] = (THINK_OPEN, THINK_CLOSE, SEARCH_OPEN, SEARCH_CLOSE, INFO_OPEN, INFO_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+TAGS: tuple[str, ...] = (
+    THINK_OPEN,
+    THINK_CLOSE,
+    SEARCH_OPEN,
+    SEARCH_CLOSE,
+    INFO_OPEN,
+    INFO_CLOSE,
+    ANSWER_OPEN,
+    ANSWER_CLOSE,
+)
 QUERY_SEPARATOR = "|"
 """Separates the queries of one turn inside a single ``<search>`` block."""
 

@@ -100,7 +100,9 @@ def _works_text(person: Entity, entities: Entities, rng: random.Random) -> str |
     if not works:
         return None
     rng.shuffle(works)
-    return f"Over the years {person.name} " + ", ".join(works[:-1]) + (" and " if len(works) > 1 else "") + works[-1] + "."
+    return (
+        f"Over the years {person.name} " + ", ".join(works[:-1]) + (" and " if len(works) > 1 else "") + works[-1] + "."
+    )
 
 
 def _festival_text(title: str, year: int, entities: Entities, rng: random.Random) -> str:
@@ -128,7 +130,9 @@ def build_corpus(entities: Entities, num_distractors: int, rng: random.Random, n
             passages.append(Passage(str(len(passages)), entity.name, works))
     for _ in range(num_distractors):
         title = f"{names.word()} Festival"
-        passages.append(Passage(str(len(passages)), title, _festival_text(title, rng.randint(1950, 2024), entities, rng)))
+        passages.append(
+            Passage(str(len(passages)), title, _festival_text(title, rng.randint(1950, 2024), entities, rng))
+        )
     # Shuffle so that a passage's position says nothing about its kind, then renumber.
     rng.shuffle(passages)
     renumber = {p.id: str(i) for i, p in enumerate(passages)}

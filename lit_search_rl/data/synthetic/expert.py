@@ -26,7 +26,9 @@ Segment = tuple[str, bool]
 """A piece of trajectory text and whether the policy is trained on it."""
 
 
-def render_trajectory(steps: Sequence[Step], documents_for: Callable[[Sequence[Search]], list[Document]]) -> list[Segment]:
+def render_trajectory(
+    steps: Sequence[Step], documents_for: Callable[[Sequence[Search]], list[Document]]
+) -> list[Segment]:
     """The expert's turns as segments; ``documents_for`` plays the search engine for one turn."""
     segments: list[Segment] = []
     for step in steps:
@@ -85,3 +87,11 @@ def _conclude(rule: str, learnt: Sequence[Search]) -> str:
         return "yes" if a.learns == b.learns else "no"
     first, second = (a, b) if int(a.learns) < int(b.learns) else (b, a)
     return (first if rule == "earlier" else second).about
+
+
+def steps_from_rows(rows: Sequence[Mapping]) -> list[Step]:
+    """Rebuild the expert's steps from the ``steps`` field of an ``sft.jsonl`` row."""
+    return [
+        Step(think=r["think"], searches=[Search(**s) for s in r.get("searches", [])], answer=r.get("answer"))
+        for r in rows
+    ]

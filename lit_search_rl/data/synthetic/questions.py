@@ -17,6 +17,7 @@ it with any retriever.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Question:
     steps: list[Step]
 
 
+@functools.cache
 def relation_paths(length: int) -> list[tuple[str, ...]]:
     """All relation chains of exactly ``length`` hops; a year can only end a chain."""
     paths: list[tuple[str, ...]] = []
@@ -100,6 +102,7 @@ def relation_paths(length: int) -> list[tuple[str, ...]]:
     return sorted(paths)
 
 
+@functools.cache
 def paths_from(kind: str, length: int) -> list[tuple[str, ...]]:
     """Relation chains of ``length`` hops that start at an entity of ``kind``."""
     return [p for p in relation_paths(length) if RELATIONS[p[0]].source == kind]
@@ -127,8 +130,10 @@ def _forward(
     current = start
     for relation_name in path:
         relation = RELATIONS[relation_name]
-        need = f"Now I need {relation.noun.format(x=current.name)}." if said else (
-            f"I need {relation.noun.format(x=current.name)}."
+        need = (
+            f"Now I need {relation.noun.format(x=current.name)}."
+            if said
+            else (f"I need {relation.noun.format(x=current.name)}.")
         )
         value = entities.value(current, relation_name)
         search = Search(
@@ -231,7 +236,12 @@ def comparison_question(entities: Entities, corpus: Corpus, rng: random.Random) 
         answer = "yes" if a.facts[relation_name] == b.facts[relation_name] else "no"
         question = template.format(a=a.name, b=b.name)
     searches = [
-        Search(f"{e.name} {relation.keyword}", e.name, corpus.fact_doc[(e.id, relation_name)], entities.value(e, relation_name))
+        Search(
+            f"{e.name} {relation.keyword}",
+            e.name,
+            corpus.fact_doc[(e.id, relation_name)],
+            entities.value(e, relation_name),
+        )
         for e in (a, b)
     ]
     needs = " and ".join(relation.noun.format(x=e.name) for e in (a, b))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from lit_search_rl.data.synthetic.questions import (
     iterative_question,
 )
 from lit_search_rl.data.synthetic.schema import longest_chain
+from lit_search_rl.io import atomic_output_dir, write_jsonl
 
 FORMAT_VERSION = 1
 
@@ -123,18 +123,24 @@ def _sampler(family: str, world: tuple[Entities, Corpus], max_hops: int) -> Call
 
 
 def _draw_unique(family: str, count: int, sample: Callable, rng: random.Random, seen: set[str]) -> list[Question]:
+    """``count`` questions with texts not in ``seen``; gives up once draws stop finding new ones."""
     questions: list[Question] = []
-    for _ in range(200 * count + 1000):
-        if len(questions) == count:
-            return questions
+    patience = 1000 + 2 * count
+    misses = 0
+    while len(questions) < count and misses < patience:
         q = sample(rng)
-        if q is not None and q.question not in seen:
-            seen.add(q.question)
-            questions.append(q)
-    raise ValueError(
-        f"only {len(questions)} distinct {family} questions fit a world of this size but {count} are needed; "
-        "lower --num_sft/--num_train/--num_val/--num_test or raise the entity counts (--num_people, --num_films, ...)"
-    )
+        if q is None or q.question in seen:
+            misses += 1
+            continue
+        seen.add(q.question)
+        questions.append(q)
+        misses = 0
+    if len(questions) < count:
+        raise ValueError(
+            f"only about {len(questions)} distinct {family} questions fit a world of this size but {count} are "
+            "needed; lower --num_sft/--num_train/--num_val/--num_test or raise the entity counts (--num_people, ...)"
+        )
+    return questions
 
 
 def _even_split(total: int) -> list[int]:
@@ -196,39 +202,19 @@ def question_row(question: Question, qid: str, with_steps: bool = False) -> dict
     return row
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-
-
 def write_world(world: World, out: Path, overwrite: bool = False) -> dict:
     """Write ``world`` to ``out`` atomically and return its manifest."""
-    out = Path(out)
-    check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_jsonl(tmp / "corpus.jsonl", [p.to_row() for p in world.corpus.passages])
-        _write_jsonl(
+    with atomic_output_dir(out, overwrite) as tmp:
+        write_jsonl(tmp / "corpus.jsonl", (p.to_row() for p in world.corpus.passages))
+        write_jsonl(
             tmp / "entities.jsonl",
-            [{"id": e.id, "kind": e.kind, "name": e.name, "facts": e.facts} for e in world.entities.by_id.values()],
+            ({"id": e.id, "kind": e.kind, "name": e.name, "facts": e.facts} for e in world.entities.by_id.values()),
         )
         files = {"corpus": "corpus.jsonl", "entities": "entities.jsonl"}
         for split, questions in world.splits.items():
             prefix = split.replace("/", "-")
-            rows = [question_row(q, f"{prefix}-{i:05d}", with_steps=split == "sft") for i, q in enumerate(questions)]
-            _write_jsonl(tmp / f"{split}.jsonl", rows)
+            rows = (question_row(q, f"{prefix}-{i:05d}", with_steps=split == "sft") for i, q in enumerate(questions))
+            write_jsonl(tmp / f"{split}.jsonl", rows)
             files[split] = f"{split}.jsonl"
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -241,10 +227,4 @@ def write_world(world: World, out: Path, overwrite: bool = False) -> dict:
             "files": files,
         }
         (tmp / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

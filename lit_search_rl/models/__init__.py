@@ -1,0 +1,1 @@
+"""Model helpers: the tiny offline model of the embedded default."""

@@ -1,0 +1,1 @@
+"""Command-line tools that share the ``lit-search-rl`` entry point with fit / validate / test."""
