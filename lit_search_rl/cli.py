@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lit_search_rl.tools.common import run_tool
+from lit_search_rl.tools.demo import demo
 from lit_search_rl.tools.synth import synth, tiny_model
 
 TOOLS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+    "demo": (demo, "run the main job on the embedded default (what `make demo` runs)"),
     "synth": (synth, "generate the synthetic world (entities, passages, questions, expert trajectories)"),
     "tiny-model": (tiny_model, "train a tokenizer on a world and save a tiny random Qwen3 model"),
 }
@@ -30,15 +32,16 @@ USAGE = (
 )
 
 
-def lightning_cli(argv: Sequence[str]) -> None:
-    """Run LightningCLI with any LightningModule / LightningDataModule named in the config."""
+def lightning_cli(argv: Sequence[str] | None) -> None:
+    """Run LightningCLI (on ``sys.argv`` when ``argv`` is None) with any module and data module the config names."""
     from lit_search_rl.lightning_cli import SearchRLCLI
 
-    SearchRLCLI(args=list(argv))
+    SearchRLCLI(args=None if argv is None else list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a tool or to LightningCLI; returns the exit status."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in TOOLS:
         return run_tool(command, TOOLS[command][0], argv[1:])
     if command in LIGHTNING_COMMANDS:
-        lightning_cli(argv)
+        lightning_cli(None if from_command_line else argv)
         return 0
     print(f"lit-search-rl: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
     return 2

@@ -176,7 +176,9 @@ def generate_world(config: WorldConfig) -> World:
     for i, family in enumerate(FAMILIES):
         total = config.num_test + config.num_val + train_counts[i] + sft_counts[i]
         drawn = _draw_unique(family, total, _sampler(family, (entities, corpus), config.max_hops), rng, seen)
-        # Evaluation sets are taken first so that changing the training sizes leaves them alone.
+        # Unique texts run out sooner for short chains, so late draws skew long; shuffling
+        # before the split gives every split the same mix of hops.
+        rng.shuffle(drawn)
         splits[f"test/{family}"] = drawn[: config.num_test]
         splits[f"val/{family}"] = drawn[config.num_test : config.num_test + config.num_val]
         rest = drawn[config.num_test + config.num_val :]

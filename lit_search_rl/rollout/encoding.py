@@ -1,0 +1,41 @@
+"""Token ids of prompts and trajectories, built turn by turn and never re-tokenized.
+
+The agent loop and the SFT data both concatenate the ids of each piece (prompt, the model's
+turn, an information block) in order, with a loss mask of 1 on the model's own tokens only.
+Encoding each piece separately is what makes the trained ids equal the ids the policy sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from lit_search_rl.rollout.protocol import user_prompt
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int = 3) -> list[int]:
+    """Ids of the chat-templated user turn, ending with the opened assistant turn."""
+    messages = [{"role": "user", "content": user_prompt(question, max_queries)}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def encode_segments(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int], segments: Sequence[tuple[str, bool]]
+) -> tuple[list[int], list[int]]:
+    """Prompt ids then each segment's ids, then EOS; returns (ids, loss mask).
+
+    The mask is 0 on the prompt and on non-trainable segments, 1 on trainable segments and
+    on the closing EOS, which the policy must learn to emit after its answer.
+    """
+    ids, mask = list(prompt_ids), [0] * len(prompt_ids)
+    for text, trainable in segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        mask += [int(trainable)] * len(piece)
+    ids.append(tokenizer.eos_token_id)
+    mask.append(1)
+    return ids, mask
