@@ -102,7 +102,9 @@ class SFTDataModule(LightningDataModule):
         self.val_examples = examples[: self.hparams.val_size]
         self.train_examples = examples[self.hparams.val_size :]
         if not self.train_examples:
-            raise ValueError(f"data.world: {self.world} has no SFT trajectory of at most {self.hparams.max_length} tokens")
+            raise ValueError(
+                f"data.world: {self.world} has no SFT trajectory of at most {self.hparams.max_length} tokens"
+            )
 
     def _loader(self, examples: list[dict], shuffle: bool) -> DataLoader:
         pad_id = self._tokenizer().pad_token_id

@@ -37,7 +37,8 @@ def demo(argv: Sequence[str]) -> None:
     counts = manifest["counts"]
     print(f"\nlit-search-rl demo: done in {elapsed:.1f}s\n")
     print(f"world       {world_dir}  ({counts['entities']} entities, {counts['passages']} passages)")
-    print(f"tiny model  {model_dir}  (Qwen3, {model['parameters'] / 1e6:.2f}M parameters, vocabulary {model['vocab_size']})")
+    size = f"Qwen3, {model['parameters'] / 1e6:.2f}M parameters, vocabulary {model['vocab_size']}"
+    print(f"tiny model  {model_dir}  ({size})")
     print("\nquestions by split and family (mean hops):")
     print(f"  {'split':<8} {'chain':>12} {'iterative':>12} {'comparison':>12}")
     for split in ("sft", "train", "val", "test"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -108,6 +109,11 @@ def paths_from(kind: str, length: int) -> list[tuple[str, ...]]:
     return [p for p in relation_paths(length) if RELATIONS[p[0]].source == kind]
 
 
+def _gives_away(question: str, answer: str) -> bool:
+    """Whether the answer is written in the question itself."""
+    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", question) is not None
+
+
 def _capitalise(text: str) -> str:
     return text[0].upper() + text[1:]
 
@@ -155,7 +161,7 @@ def chain_question(entities: Entities, corpus: Corpus, rng: random.Random, hops:
     path = rng.choice(relation_paths(hops))
     start = rng.choice(entities.of_kind(RELATIONS[path[0]].source))
     question, steps, answer = _forward(entities, corpus, start, path, opening="", start_text=start.name)
-    if answer == start.name:  # e.g. the capital of the country of a capital city
+    if _gives_away(question, answer):  # e.g. the capital of the country of a capital city
         return None
     return Question(question, [answer], "chain", hops, "last", steps)
 
@@ -195,7 +201,7 @@ def iterative_question(entities: Entities, corpus: Corpus, rng: random.Random, h
     opening = f"{_capitalise(description)} is {found.name}."
     path = rng.choice(paths_from(kind, hops - 1))
     question, steps, answer = _forward(entities, corpus, found, path, opening=opening, start_text=description)
-    if answer in (name, found.name):
+    if _gives_away(question, answer) or answer == found.name:  # e.g. the founding year of "the company founded in Y"
         return None
     return Question(question, [answer], "iterative", hops, "last", [first, *steps])
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: a small synthetic world and a tiny model, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world  # noqa: E402
+from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model  # noqa: E402
+
+SMALL_WORLD = WorldConfig(
+    seed=7,
+    num_countries=3,
+    num_cities=8,
+    num_people=30,
+    num_companies=8,
+    num_films=12,
+    num_bands=6,
+    num_distractors=10,
+    num_sft=60,
+    num_train=60,
+    num_val=6,
+    num_test=9,
+)
+SMALL_MODEL = TinyModelConfig(
+    vocab_size=600, hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=128
+)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small world on disk."""
+    out = tmp_path_factory.mktemp("world") / "world"
+    write_world(generate_world(SMALL_WORLD), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tokenizer and model trained on the small world."""
+    out = tmp_path_factory.mktemp("model") / "model"
+    create_tiny_model(world_dir, out, SMALL_MODEL)
+    return out
