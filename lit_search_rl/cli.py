@@ -11,12 +11,15 @@ from collections.abc import Callable, Sequence
 
 from lit_search_rl.tools.common import run_tool
 from lit_search_rl.tools.demo import demo
+from lit_search_rl.tools.retrieval import index, serve_retriever
 from lit_search_rl.tools.synth import synth, tiny_model
 
 TOOLS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "demo": (demo, "run the main job on the embedded default (what `make demo` runs)"),
     "synth": (synth, "generate the synthetic world (entities, passages, questions, expert trajectories)"),
     "tiny-model": (tiny_model, "train a tokenizer on a world and save a tiny random Qwen3 model"),
+    "index": (index, "build a BM25 or dense (faiss) index folder from a corpus"),
+    "serve-retriever": (serve_retriever, "serve an index folder with the Search-R1 retrieval API"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train (SFT warm start or GRPO) from a YAML config",
@@ -27,7 +30,7 @@ LIGHTNING_COMMANDS = {
 USAGE = (
     "usage: lit-search-rl COMMAND [options]   (lit-search-rl COMMAND --help for its options)\n\ncommands:\n"
     + "".join(
-        f"  {name:<12} {text}\n" for name, text in {**LIGHTNING_COMMANDS, **{k: v[1] for k, v in TOOLS.items()}}.items()
+        f"  {name:<16} {text}\n" for name, text in {**LIGHTNING_COMMANDS, **{k: v[1] for k, v in TOOLS.items()}}.items()
     )
 )
 

@@ -11,7 +11,8 @@ This module only knows text. Token ids, masks and the agent loop live elsewhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from lit_search_rl.retrieval.base import Document
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -39,25 +40,6 @@ INSTRUCTION = (
 )
 
 
-@dataclass(frozen=True)
-class Document:
-    """One retrieved passage as the agent sees it."""
-
-    id: str
-    title: str
-    text: str
-    score: float | None = None
-
-
-def split_contents(contents: str) -> tuple[str, str]:
-    """Split a corpus ``contents`` field into title and text; wiki-18 titles are quoted and lose their quotes."""
-    title, _, text = contents.partition("\n")
-    title = title.strip()
-    if len(title) >= 2 and title[0] == title[-1] == '"':
-        title = title[1:-1]
-    return title, text.strip()
-
-
 def user_prompt(question: str, max_queries: int = 3) -> str:
     """The user message that asks ``question`` and explains the protocol."""
     return INSTRUCTION.format(question=question.strip(), max_queries=max_queries)
@@ -68,11 +50,26 @@ def search_call(queries: Sequence[str]) -> str:
     return f"{SEARCH_OPEN} {f' {QUERY_SEPARATOR} '.join(q.strip() for q in queries)} {SEARCH_CLOSE}"
 
 
-def format_documents(documents: Sequence[Document]) -> str:
-    """Passages in Search-R1's reading form, numbered across all queries of the turn."""
-    return "".join(f"Doc {i}(Title: {d.title}) {d.text}\n" for i, d in enumerate(documents, start=1))
+def truncate_text(text: str, max_chars: int | None) -> str:
+    """``text`` cut to at most ``max_chars`` characters at a word boundary, marked with `` ...``."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text[: max(0, max_chars - 4)]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut + " ..."
 
 
-def information_block(documents: Sequence[Document]) -> str:
+def format_documents(documents: Sequence[Document], max_chars: int | None = None) -> str:
+    """Passages in Search-R1's reading form, numbered across all queries of the turn.
+
+    Each passage's text is cut to ``max_chars`` characters (unset: whole passages).
+    """
+    return "".join(
+        f"Doc {i}(Title: {d.title}) {truncate_text(d.text, max_chars)}\n" for i, d in enumerate(documents, start=1)
+    )
+
+
+def information_block(documents: Sequence[Document], max_chars: int | None = None) -> str:
     """What the environment appends after a search call (never trained on)."""
-    return f"\n\n{INFO_OPEN}{format_documents(documents)}{INFO_CLOSE}\n\n"
+    return f"\n\n{INFO_OPEN}{format_documents(documents, max_chars)}{INFO_CLOSE}\n\n"

@@ -11,15 +11,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from lit_search_rl.data.synthetic.questions import Search, Step
+from lit_search_rl.retrieval.base import Document, split_contents
 from lit_search_rl.rollout.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
-    Document,
     information_block,
     search_call,
-    split_contents,
 )
 
 Segment = tuple[str, bool]
