@@ -46,3 +46,23 @@ def model_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("model") / "model"
     create_tiny_model(world_dir, out, SMALL_MODEL)
     return out
+
+
+@pytest.fixture(scope="session")
+def bm25_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BM25 index of the small world's corpus."""
+    from lit_search_rl.retrieval.index import build_index
+
+    out = tmp_path_factory.mktemp("bm25") / "index"
+    build_index(world_dir / "corpus.jsonl", out, "bm25", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dense_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat dense index (offline MiniLM) of the small world's corpus."""
+    from lit_search_rl.retrieval.index import build_index
+
+    out = tmp_path_factory.mktemp("dense") / "index"
+    build_index(world_dir / "corpus.jsonl", out, "dense", progress=False)
+    return out

@@ -1,7 +1,8 @@
 """Passages about the world's entities, in the FlashRAG / Search-R1 corpus form.
 
 Each entity gets a main passage that states all of its facts in varied sentences; a
-person who directed, founded or sings gets a second passage about that work; and
+person who directed, founded or sings gets a second passage about that work, and a city a
+second passage about who was born, formed or is based there (as encyclopedias list them); and
 distractor passages (festivals) mention several entities without stating any fact a
 question asks for, so retrieval has to tell them apart.
 """
@@ -69,8 +70,8 @@ class Corpus:
     """All passages, and which passage states each (entity, relation) fact."""
 
     passages: list[Passage]
-    fact_doc: dict[tuple[str, str], str]
-    """(entity id, relation) -> id of the passage that states it."""
+    fact_docs: dict[tuple[str, str], list[str]]
+    """(entity id, relation) -> ids of the passages that state it, the entity's own passage first."""
 
     def by_id(self) -> dict[str, Passage]:
         return {p.id: p for p in self.passages}
@@ -91,18 +92,50 @@ def _main_text(entity: Entity, entities: Entities, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def _works_text(person: Entity, entities: Entities, rng: random.Random) -> str | None:
-    works = []
+def _listing(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
+
+
+def _works_text(person: Entity, entities: Entities, rng: random.Random) -> tuple[str, list[tuple[str, str]]] | None:
+    """A second passage about what a person made, and the (entity, relation) facts it states."""
+    works, facts = [], []
     for other in entities.by_id.values():
-        for relation, verb in (("directed_by", "directed"), ("founded_by", "founded"), ("lead_singer", "sang with")):
-            if other.facts.get(relation) == person.id:
-                works.append(f"{verb} {other.name}")
+        if other.facts.get("directed_by") == person.id:
+            works.append(f"directed {other.name} ({other.facts['release_year']})")
+            facts += [(other.id, "directed_by"), (other.id, "release_year")]
+        if other.facts.get("founded_by") == person.id:
+            works.append(f"founded {other.name} in {other.facts['founding_year']}")
+            facts += [(other.id, "founded_by"), (other.id, "founding_year")]
+        if other.facts.get("lead_singer") == person.id:
+            works.append(f"sang lead for {other.name}")
+            facts.append((other.id, "lead_singer"))
     if not works:
         return None
     rng.shuffle(works)
-    return (
-        f"Over the years {person.name} " + ", ".join(works[:-1]) + (" and " if len(works) > 1 else "") + works[-1] + "."
-    )
+    return f"Over the years {person.name} {_listing(works)}.", facts
+
+
+def _residents_text(city: Entity, entities: Entities, rng: random.Random) -> tuple[str, list[tuple[str, str]]] | None:
+    """A second passage about who was born, formed or is based in a city, and the facts it states."""
+    sentences, facts = [], []
+    people = [e for e in entities.of_kind("person") if e.facts["born_in"] == city.id]
+    bands = [e for e in entities.of_kind("band") if e.facts["formed_in"] == city.id]
+    companies = [e for e in entities.of_kind("company") if e.facts["headquartered_in"] == city.id]
+    if people:
+        born = [f"{p.name} (born {p.facts['birth_year']})" for p in people]
+        sentences.append(f"People born in {city.name} include {_listing(born)}.")
+        facts += [(p.id, r) for p in people for r in ("born_in", "birth_year")]
+    if bands:
+        formed = [f"{b.name} (formed {b.facts['formation_year']})" for b in bands]
+        sentences.append(f"Bands formed in {city.name} include {_listing(formed)}.")
+        facts += [(b.id, r) for b in bands for r in ("formed_in", "formation_year")]
+    if companies:
+        sentences.append(f"Companies based in {city.name} include {_listing([c.name for c in companies])}.")
+        facts += [(c.id, "headquartered_in") for c in companies]
+    if not sentences:
+        return None
+    rng.shuffle(sentences)
+    return " ".join(sentences), facts
 
 
 def _festival_text(title: str, year: int, entities: Entities, rng: random.Random) -> str:
@@ -120,21 +153,26 @@ def _festival_text(title: str, year: int, entities: Entities, rng: random.Random
 def build_corpus(entities: Entities, num_distractors: int, rng: random.Random, names: NameFactory) -> Corpus:
     """Write every passage of the world; ids are consecutive integers as strings, as in wiki-18."""
     passages: list[Passage] = []
-    fact_doc: dict[tuple[str, str], str] = {}
-    for entity in entities.by_id.values():
+    fact_docs: dict[tuple[str, str], list[str]] = {}
+
+    def add(title: str, text: str, facts: list[tuple[str, str]]) -> None:
         doc_id = str(len(passages))
-        passages.append(Passage(doc_id, entity.name, _main_text(entity, entities, rng)))
-        for relation in entity.facts:
-            fact_doc[(entity.id, relation)] = doc_id
-        if entity.kind == "person" and (works := _works_text(entity, entities, rng)):
-            passages.append(Passage(str(len(passages)), entity.name, works))
+        passages.append(Passage(doc_id, title, text))
+        for fact in facts:
+            fact_docs.setdefault(fact, []).append(doc_id)
+
+    # Main passages first, so that each fact's first passage is its entity's own.
+    for entity in entities.by_id.values():
+        add(entity.name, _main_text(entity, entities, rng), [(entity.id, r) for r in entity.facts])
+    for entity in entities.by_id.values():
+        second = {"person": _works_text, "city": _residents_text}.get(entity.kind)
+        if second is not None and (found := second(entity, entities, rng)) is not None:
+            add(entity.name, *found)
     for _ in range(num_distractors):
         title = f"{names.word()} Festival"
-        passages.append(
-            Passage(str(len(passages)), title, _festival_text(title, rng.randint(1950, 2024), entities, rng))
-        )
+        add(title, _festival_text(title, rng.randint(1950, 2024), entities, rng), [])
     # Shuffle so that a passage's position says nothing about its kind, then renumber.
     rng.shuffle(passages)
     renumber = {p.id: str(i) for i, p in enumerate(passages)}
     passages = [Passage(renumber[p.id], p.title, p.text) for p in passages]
-    return Corpus(passages=passages, fact_doc={k: renumber[v] for k, v in fact_doc.items()})
+    return Corpus(passages=passages, fact_docs={k: [renumber[d] for d in v] for k, v in fact_docs.items()})

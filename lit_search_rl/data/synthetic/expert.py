@@ -41,10 +41,10 @@ def render_trajectory(
 
 
 def gold_documents(corpus_contents: Mapping[str, str]) -> Callable[[Sequence[Search]], list[Document]]:
-    """A search engine that returns exactly the gold passage of each query (no retriever needed)."""
+    """A search engine that returns each query's first gold passage (no retriever needed)."""
 
     def documents_for(searches: Sequence[Search]) -> list[Document]:
-        return [Document(s.doc_id, *split_contents(corpus_contents[s.doc_id])) for s in searches]
+        return [Document(s.doc_ids[0], *split_contents(corpus_contents[s.doc_ids[0]])) for s in searches]
 
     return documents_for
 
@@ -57,7 +57,7 @@ def replay(question: str, rule: str, steps: Sequence[Step], corpus_contents: Map
     """Follow the plan with only what a searcher could know, and return the answer it reaches.
 
     Each query must be about a name that the question or an already-read passage mentions,
-    and each fact it learns must be written in the passage it reads. Raises ``ValueError``
+    and each fact it learns must be written in every passage listed as stating it. Raises ``ValueError``
     at the first step that needs knowledge the searcher could not have had.
     """
     known = question
@@ -69,10 +69,11 @@ def replay(question: str, rule: str, steps: Sequence[Step], corpus_contents: Map
         for search in step.searches:
             if not _mentions(known, search.about) or not _mentions(search.query, search.about):
                 raise ValueError(f"step {n}: query {search.query!r} is about {search.about!r}, which is not known yet")
-            passage = corpus_contents[search.doc_id]
-            if not _mentions(passage, search.learns):
-                raise ValueError(f"step {n}: passage {search.doc_id} does not state {search.learns!r}")
-            read.append(passage)
+            for doc_id in search.doc_ids:
+                if not _mentions(corpus_contents[doc_id], search.learns):
+                    raise ValueError(f"step {n}: passage {doc_id} does not state {search.learns!r}")
+            # The searcher reads one passage that states the fact: the entity's own.
+            read.append(corpus_contents[search.doc_ids[0]])
             learnt.append(search)
         known += "\n" + "\n".join(read)
     raise ValueError("the plan never answers")

@@ -40,13 +40,13 @@ class Search:
     Attributes:
         query: the text sent to the search engine.
         about: the name the query is built from; known from the question or an earlier passage.
-        doc_id: the passage that answers it.
+        doc_ids: the passages that state what it looks for, the entity's own passage first.
         learns: what that passage tells (a name or a year), verbatim in its text.
     """
 
     query: str
     about: str
-    doc_id: str
+    doc_ids: list[str]
     learns: str
 
 
@@ -145,7 +145,7 @@ def _forward(
         search = Search(
             query=f"{current.name} {relation.keyword}",
             about=current.name,
-            doc_id=corpus.fact_doc[(current.id, relation_name)],
+            doc_ids=corpus.fact_docs[(current.id, relation_name)],
             learns=value,
         )
         steps.append(Step(think=f"{said} {need}".strip(), searches=[search]))
@@ -196,7 +196,7 @@ def iterative_question(entities: Entities, corpus: Corpus, rng: random.Random, h
     description = noun.format(n=name, y=year)
     first = Step(
         think=f"I need to find {description}.",
-        searches=[Search(query.format(n=name, y=year), name, corpus.fact_doc[(found.id, named_rel)], found.name)],
+        searches=[Search(query.format(n=name, y=year), name, corpus.fact_docs[(found.id, named_rel)], found.name)],
     )
     opening = f"{_capitalise(description)} is {found.name}."
     path = rng.choice(paths_from(kind, hops - 1))
@@ -245,7 +245,7 @@ def comparison_question(entities: Entities, corpus: Corpus, rng: random.Random) 
         Search(
             f"{e.name} {relation.keyword}",
             e.name,
-            corpus.fact_doc[(e.id, relation_name)],
+            corpus.fact_docs[(e.id, relation_name)],
             entities.value(e, relation_name),
         )
         for e in (a, b)
