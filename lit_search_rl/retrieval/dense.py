@@ -88,12 +88,17 @@ def build_dense(batches: Iterable[list[str]], folder: Path, config: DenseConfig)
     encoder = Encoder(config.encoder, config.max_length, config.batch_size)
     chunks = [encoder.encode(texts, config.passage_prefix) for texts in batches]
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)  # (N, dim)
-    index, used = _new_index(config, encoder.dim, len(vectors))
+    return save_faiss_index(vectors, folder, config, encoder.name_or_path)
+
+
+def save_faiss_index(vectors: np.ndarray, folder: Path, config: DenseConfig, encoder: str) -> dict:
+    """Build the configured faiss index over (N, dim) unit vectors, save it, and return the settings."""
+    index, used = _new_index(config, vectors.shape[1], len(vectors))
     if not index.is_trained:
         index.train(vectors)
     index.add(vectors)
     faiss.write_index(index, str(Path(folder) / FAISS_FILE))
-    return {**asdict(config), "encoder": encoder.name_or_path, "dim": encoder.dim, "pooling": "mean",
+    return {**asdict(config), "encoder": encoder, "dim": int(vectors.shape[1]), "pooling": "mean",
             "normalize": True, **used}  # fmt: skip
 
 

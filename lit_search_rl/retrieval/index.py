@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from lit_search_rl.io import atomic_output_dir
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.retrieval.docstore import DocStoreWriter, read_corpus
@@ -48,8 +50,13 @@ def build_index(
     dense: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    embeddings: np.ndarray | None = None,
 ) -> dict:
-    """Build a ``kind`` index of ``corpus`` into ``out``; ``dense`` is a ``DenseConfig`` for dense indexes."""
+    """Build a ``kind`` index of ``corpus`` into ``out``; ``dense`` is a ``DenseConfig`` for dense indexes.
+
+    ``embeddings`` (N, dim), row-aligned with the corpus and unit-norm, skips encoding the passages
+    (for corpora whose embeddings were computed elsewhere); queries are still encoded with ``dense.encoder``.
+    """
     start = time.perf_counter()
     with atomic_output_dir(out, overwrite) as tmp:
         store = DocStoreWriter(tmp)
@@ -59,10 +66,17 @@ def build_index(
 
             settings = build_bm25(list(texts), tmp)
         elif kind == "dense":
-            from lit_search_rl.retrieval.dense import DenseConfig, build_dense
+            from lit_search_rl.retrieval.dense import DenseConfig, build_dense, save_faiss_index
+            from lit_search_rl.retrieval.encoder import default_encoder_path
 
             dense = dense or DenseConfig()
-            settings = build_dense(_batched(texts, dense.batch_size), tmp, dense)
+            if embeddings is None:
+                settings = build_dense(_batched(texts, dense.batch_size), tmp, dense)
+            else:
+                count = sum(1 for _ in texts)
+                if len(embeddings) != count:
+                    raise ValueError(f"embeddings has {len(embeddings)} rows but --corpus {corpus} has {count}")
+                settings = save_faiss_index(embeddings, tmp, dense, dense.encoder or default_encoder_path())
         else:
             raise ValueError(f"--kind must be bm25 or dense (got {kind!r})")
         store.close()

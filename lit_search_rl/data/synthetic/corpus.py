@@ -92,14 +92,23 @@ def _main_text(entity: Entity, entities: Entities, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
+def _linked(entities: Entities) -> dict[str, list[Entity]]:
+    """Target entity id -> entities with a fact pointing at it, in id order (for second passages)."""
+    linked: dict[str, list[Entity]] = {}
+    for entity in entities.by_id.values():
+        for target in dict.fromkeys(t for t in entity.facts.values() if isinstance(t, str)):
+            linked.setdefault(target, []).append(entity)
+    return linked
+
+
 def _listing(items: list[str]) -> str:
     return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
 
 
-def _works_text(person: Entity, entities: Entities, rng: random.Random) -> tuple[str, list[tuple[str, str]]] | None:
+def _works_text(person: Entity, linked: dict[str, list[Entity]], rng: random.Random) -> tuple[str, list] | None:
     """A second passage about what a person made, and the (entity, relation) facts it states."""
     works, facts = [], []
-    for other in entities.by_id.values():
+    for other in linked.get(person.id, []):
         if other.facts.get("directed_by") == person.id:
             works.append(f"directed {other.name} ({other.facts['release_year']})")
             facts += [(other.id, "directed_by"), (other.id, "release_year")]
@@ -115,12 +124,13 @@ def _works_text(person: Entity, entities: Entities, rng: random.Random) -> tuple
     return f"Over the years {person.name} {_listing(works)}.", facts
 
 
-def _residents_text(city: Entity, entities: Entities, rng: random.Random) -> tuple[str, list[tuple[str, str]]] | None:
+def _residents_text(city: Entity, linked: dict[str, list[Entity]], rng: random.Random) -> tuple[str, list] | None:
     """A second passage about who was born, formed or is based in a city, and the facts it states."""
     sentences, facts = [], []
-    people = [e for e in entities.of_kind("person") if e.facts["born_in"] == city.id]
-    bands = [e for e in entities.of_kind("band") if e.facts["formed_in"] == city.id]
-    companies = [e for e in entities.of_kind("company") if e.facts["headquartered_in"] == city.id]
+    here = linked.get(city.id, [])
+    people = [e for e in here if e.kind == "person" and e.facts["born_in"] == city.id]
+    bands = [e for e in here if e.kind == "band" and e.facts["formed_in"] == city.id]
+    companies = [e for e in here if e.kind == "company" and e.facts["headquartered_in"] == city.id]
     if people:
         born = [f"{p.name} (born {p.facts['birth_year']})" for p in people]
         sentences.append(f"People born in {city.name} include {_listing(born)}.")
@@ -164,9 +174,10 @@ def build_corpus(entities: Entities, num_distractors: int, rng: random.Random, n
     # Main passages first, so that each fact's first passage is its entity's own.
     for entity in entities.by_id.values():
         add(entity.name, _main_text(entity, entities, rng), [(entity.id, r) for r in entity.facts])
+    linked = _linked(entities)
     for entity in entities.by_id.values():
         second = {"person": _works_text, "city": _residents_text}.get(entity.kind)
-        if second is not None and (found := second(entity, entities, rng)) is not None:
+        if second is not None and (found := second(entity, linked, rng)) is not None:
             add(entity.name, *found)
     for _ in range(num_distractors):
         title = f"{names.word()} Festival"

@@ -42,7 +42,11 @@ class Entities:
 
     def of_kind(self, kind: str) -> list[Entity]:
         """Entities of one kind, in id order."""
-        return [e for e in self.by_id.values() if e.kind == kind]
+        if not hasattr(self, "_kinds"):
+            self._kinds: dict[str, list[Entity]] = {}
+            for e in self.by_id.values():
+                self._kinds.setdefault(e.kind, []).append(e)
+        return self._kinds.get(kind, [])
 
     def value(self, entity: Entity, relation: str) -> str:
         """The display form of a fact: the target's name, or the year as text."""
