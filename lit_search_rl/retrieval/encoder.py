@@ -48,15 +48,20 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], prefix: str = "") -> np.ndarray:
-        """(N, dim) float32 unit vectors for ``texts``."""
+        """(N, dim) float32 unit vectors for ``texts``, in the order given.
+
+        Texts are encoded in order of length so that each batch pads to similar lengths; on a
+        corpus of mixed passage lengths this is several times faster than encoding in file order.
+        """
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            batch = [prefix + t for t in texts[start : start + self.batch_size]]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = [prefix + texts[i] for i in rows]
             enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             enc = enc.to(self.device)
             hidden = self.model(**enc).last_hidden_state  # (B, T, H)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            out[start : start + len(batch)] = pooled.cpu().numpy()
+            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return out

@@ -1,0 +1,194 @@
+"""The agent loop: exact masks, one retriever call per turn, stops and limits, with scripted and real engines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_search_rl.retrieval.index import load_retriever
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
+from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
+from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN, information_block
+
+
+class ScriptedEngine(GenerationEngine):
+    """A test double that writes given turns: ``script[question][n]`` is the text of turn n.
+
+    It emits the tokenizer's ids of that text, cut after the first stop string, at EOS, or at
+    the token budget, as a real engine would.
+    """
+
+    def __init__(self, tokenizer, script: dict[str, list[str]]) -> None:
+        self.tokenizer, self.script = tokenizer, script
+        self.calls: list[int] = []
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]):
+        self.calls.append(len(prompts))
+        out = []
+        for prompt, budget in zip(prompts, max_new_tokens, strict=True):
+            context = self.tokenizer.decode(prompt)
+            question = next(q for q in self.script if q in context)
+            text = self.script[question][context.count(INFO_CLOSE)]
+            ids, finish = [], "length"
+            for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+                if len(ids) == budget:
+                    break
+                ids.append(token)
+                if any(self.tokenizer.decode(ids).endswith(s) for s in stop):
+                    finish = "stop"
+                    break
+            else:
+                if len(ids) < budget:
+                    ids.append(self.tokenizer.eos_token_id)
+                    finish = "eos"
+            out.append(Generation(ids, [-1.0] * len(ids), finish))
+        return out
+
+
+def runs(t: Trajectory, value: int) -> list[list[int]]:
+    """Maximal runs of response ids whose mask equals ``value``."""
+    groups: list[list[int]] = []
+    previous = None
+    for token, m in zip(t.response_ids, t.loss_mask, strict=True):
+        if m == value:
+            if previous != value:
+                groups.append([])
+            groups[-1].append(token)
+        previous = m
+    return groups
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def retriever(bm25_dir: Path):
+    return load_retriever(bm25_dir)
+
+
+def loop(tokenizer, retriever, script, **config) -> tuple[AgentLoop, ScriptedEngine]:
+    engine = ScriptedEngine(tokenizer, script)
+    return AgentLoop(engine, retriever, tokenizer, RolloutConfig(**config)), engine
+
+
+def test_multi_turn_masks_select_model_text_and_information_exactly(tokenizer, retriever) -> None:
+    script = {
+        "Q one?": ["<think> a </think>\n<search> festival | born </search>", "<answer> Paris </answer>"],
+        "Q two?": ["<think> hmm </think>\n<answer> Rome </answer>"],
+    }  # fmt: skip
+    agent, engine = loop(tokenizer, retriever, script)
+    one, two = agent.rollout(["Q one?", "Q two?"])
+    assert (one.finish_reason, one.answer, one.num_searches, one.num_turns) == ("answered", "Paris", 2, 2)
+    assert (two.finish_reason, two.answer, two.num_searches, two.num_turns) == ("answered", "Rome", 0, 1)
+    assert engine.calls == [2, 1] and agent.stats.retriever_calls == 1
+    # Mask-1 tokens are exactly the model's text; mask-0 tokens exactly the information block.
+    assert "".join(tokenizer.decode(r) for r in runs(one, 1)) == one.text == "".join(script["Q one?"])
+    docs = [d for r in retriever.search(["festival", "born"], 3) for d in r]
+    assert [tokenizer.decode(r) for r in runs(one, 0)] == [information_block(docs)]
+    assert len(one.response_ids) == len(one.loss_mask) == len(one.logprobs)
+    assert all(lp == 0.0 for lp, m in zip(one.logprobs, one.loss_mask, strict=True) if m == 0)
+
+
+def test_answer_comes_only_from_the_models_final_answer(tokenizer, retriever) -> None:
+    script = {"Q?": ["<think> <answer> thought </answer> </think>\n<information> <answer> fake </answer> </information>"
+                     "<search> festival </search>", "<answer> real </answer>"]}  # fmt: skip
+    agent, _ = loop(tokenizer, retriever, script)
+    [t] = agent.rollout(["Q?"])
+    assert t.answer == "real" and t.num_searches == 1
+    # Prompt text (the instruction's example answer) is never taken for the answer.
+    agent, _ = loop(tokenizer, retriever, {"Q?": ["I do not know."]})
+    [t] = agent.rollout(["Q?"])
+    assert t.finish_reason == "invalid" and t.answer is None
+
+
+def test_too_many_queries_are_cut_and_counted(tokenizer, retriever) -> None:
+    ten = " | ".join(f"festival {i}" for i in range(10))
+    agent, _ = loop(tokenizer, retriever, {"Q?": [f"<search> {ten} </search>", "<answer> x </answer>"]})
+    [t] = agent.rollout(["Q?"])
+    assert t.num_searches == 3 and t.dropped_queries == 7 and t.answer == "x"
+
+
+@pytest.mark.parametrize(
+    ("turns", "reason"),
+    [
+        (["<search>  </search>"], "invalid"),
+        (["no tags at all"], "invalid"),
+        (["<search> festival </search>"] * 9, "max_turns"),
+    ],
+)
+def test_finish_reasons(tokenizer, retriever, turns: list[str], reason: str) -> None:
+    agent, _ = loop(tokenizer, retriever, {"Q?": turns}, max_turns=3)
+    [t] = agent.rollout(["Q?"])
+    assert t.finish_reason == reason and t.answer is None
+    if reason == "max_turns":
+        assert t.num_turns == 3 and t.num_searches == 3
+
+
+def test_length_limits(tokenizer, retriever) -> None:
+    long_turn = "<think> " + "word " * 200 + "</think> <answer> x </answer>"
+    agent, _ = loop(tokenizer, retriever, {"Q?": [long_turn]}, max_new_tokens_per_turn=20)
+    [t] = agent.rollout(["Q?"])
+    assert t.finish_reason == "length" and sum(t.loss_mask) == 20
+    agent, _ = loop(tokenizer, retriever, {"Q?": ["<search> festival </search>"] * 5}, max_total_tokens=300)
+    [t] = agent.rollout(["Q?"])
+    assert t.finish_reason == "length" and t.length <= 300
+
+
+def test_information_blocks_are_cut_to_their_budget(tokenizer, retriever) -> None:
+    agent, _ = loop(tokenizer, retriever, {"Q?": ["<search> festival | born </search>", "<answer> x </answer>"]},
+                    max_information_tokens=40)  # fmt: skip
+    [t] = agent.rollout(["Q?"])
+    [info] = runs(t, 0)
+    assert len(info) == 40 and t.truncated_information == 1
+    text = tokenizer.decode(info)
+    assert text.lstrip().startswith(INFO_OPEN) and text.rstrip().endswith(INFO_CLOSE)
+
+
+def test_transformers_engine_on_a_random_model(model_dir: Path, tokenizer, retriever) -> None:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.train()
+    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=3))
+    agent = AgentLoop(engine, retriever, tokenizer, RolloutConfig(max_turns=3, max_new_tokens_per_turn=24))
+    questions = ["Who directed it?", "Where is it?"] * 3
+    trajectories = agent.rollout(questions)
+    assert model.training  # restored after generation
+    for t in trajectories:
+        assert t.finish_reason in ("answered", "max_turns", "length", "invalid")
+        assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs)
+        assert 0 < sum(t.loss_mask) <= 3 * 24
+        model_runs = runs(t, 1)
+        assert "".join(tokenizer.decode(r, skip_special_tokens=True) for r in model_runs) == t.text
+        for info in runs(t, 0):
+            assert tokenizer.decode(info).lstrip().startswith(INFO_OPEN)
+    # The engine's logprobs are the policy's own log-probabilities of the sampled tokens.
+    t = trajectories[0]
+    ids = torch.tensor([t.prompt_ids + t.response_ids])
+    with torch.no_grad():
+        logp = model(ids).logits.float().log_softmax(-1)[0, len(t.prompt_ids) - 1 : -1]
+    expected = logp.gather(-1, torch.tensor(t.response_ids)[:, None])[:, 0]
+    mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+    assert torch.allclose(torch.tensor(t.logprobs)[mask], expected[mask], atol=1e-4)
+    # Seeded: the same seed gives the same rollouts.
+    again = AgentLoop(HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=3)), retriever, tokenizer,
+                      RolloutConfig(max_turns=3, max_new_tokens_per_turn=24)).rollout(questions)  # fmt: skip
+    assert [a.response_ids for a in again] == [t.response_ids for t in trajectories]
+
+
+def test_greedy_engine_stops_at_stop_strings(model_dir: Path, tokenizer) -> None:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=0.0))
+    prompt = tokenizer("<think> a </think>", add_special_tokens=False)["input_ids"]
+    [free] = engine.generate([prompt], [30], [])
+    assert free.finish in ("length", "eos") and len(free.token_ids) <= 30
+    if free.finish == "length" and len(free.token_ids) > 3:
+        # Make the third generated token a stop string: generation must end right there.
+        stop = tokenizer.decode(free.token_ids[:3])
+        [cut] = engine.generate([prompt], [30], [stop])
+        assert cut.finish == "stop" and tokenizer.decode(cut.token_ids).endswith(stop)
