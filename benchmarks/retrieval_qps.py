@@ -72,8 +72,10 @@ def main() -> None:
     args = parser.parse_args()
 
     largest = max(args.sizes)
-    world = world_for(largest)
+    world = world_for(int(largest * 1.05))  # a little extra, so that every size gets its full count
     rows = [p.to_row() for p in world.corpus.passages]
+    if len(rows) < largest:
+        raise SystemExit(f"the world has {len(rows)} passages, fewer than --sizes {largest}")
     queries = [s.query for qs in world.splits.values() for q in qs for st in q.steps for s in st.searches]
     queries = (queries * (1 + args.batch64_queries // len(queries)))[: args.batch64_queries]
     print(f"world: {len(rows)} passages, {len(queries)} queries", flush=True)

@@ -14,6 +14,7 @@ from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN, information_block
+from lit_search_rl.rollout.protocols import ToolCallProtocol
 
 
 class ScriptedEngine(GenerationEngine):
@@ -23,8 +24,10 @@ class ScriptedEngine(GenerationEngine):
     the token budget, as a real engine would.
     """
 
-    def __init__(self, tokenizer, script: dict[str, list[str]]) -> None:
+    def __init__(self, tokenizer, script: dict[str, list[str]], turn_of=None) -> None:
         self.tokenizer, self.script = tokenizer, script
+        # Which turn a context is at: by default, the number of information blocks it holds.
+        self.turn_of = turn_of or (lambda context: context.count(INFO_CLOSE + "\n\n"))
         self.calls: list[int] = []
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]):
@@ -33,7 +36,7 @@ class ScriptedEngine(GenerationEngine):
         for prompt, budget in zip(prompts, max_new_tokens, strict=True):
             context = self.tokenizer.decode(prompt)
             question = next(q for q in self.script if q in context)
-            text = self.script[question][context.count(INFO_CLOSE)]
+            text = self.script[question][self.turn_of(context)]
             ids, finish = [], "length"
             for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
                 if len(ids) == budget:
@@ -83,7 +86,7 @@ def test_multi_turn_masks_select_model_text_and_information_exactly(tokenizer, r
         "Q one?": ["<think> a </think>\n<search> festival | born </search>", "<answer> Paris </answer>"],
         "Q two?": ["<think> hmm </think>\n<answer> Rome </answer>"],
     }  # fmt: skip
-    agent, engine = loop(tokenizer, retriever, script)
+    agent, engine = loop(tokenizer, retriever, script, max_information_tokens=4096)
     one, two = agent.rollout(["Q one?", "Q two?"])
     assert (one.finish_reason, one.answer, one.num_searches, one.num_turns) == ("answered", "Paris", 2, 2)
     assert (two.finish_reason, two.answer, two.num_searches, two.num_turns) == ("answered", "Rome", 0, 1)
@@ -97,15 +100,21 @@ def test_multi_turn_masks_select_model_text_and_information_exactly(tokenizer, r
 
 
 def test_answer_comes_only_from_the_models_final_answer(tokenizer, retriever) -> None:
-    script = {"Q?": ["<think> <answer> thought </answer> </think>\n<information> <answer> fake </answer> </information>"
+    script = {"Q?": ["<think> maybe <answer> thought </think>\n<information> the answer is fake </information>"
                      "<search> festival </search>", "<answer> real </answer>"]}  # fmt: skip
     agent, _ = loop(tokenizer, retriever, script)
     [t] = agent.rollout(["Q?"])
-    assert t.answer == "real" and t.num_searches == 1
+    assert t.answer == "real" and t.num_searches == 1 and t.finish_reason == "answered"
     # Prompt text (the instruction's example answer) is never taken for the answer.
     agent, _ = loop(tokenizer, retriever, {"Q?": ["I do not know."]})
     [t] = agent.rollout(["Q?"])
     assert t.finish_reason == "invalid" and t.answer is None
+    # A stop string ends the turn even inside a thought, as in every engine; that turn is invalid.
+    agent, _ = loop(
+        tokenizer, retriever, {"Q?": ["<think> <answer> early </answer> more </think> <answer> late </answer>"]}
+    )
+    [t] = agent.rollout(["Q?"])
+    assert t.finish_reason == "invalid" and t.answer is None and t.text.endswith("early </answer>")
 
 
 def test_too_many_queries_are_cut_and_counted(tokenizer, retriever) -> None:
@@ -186,9 +195,37 @@ def test_greedy_engine_stops_at_stop_strings(model_dir: Path, tokenizer) -> None
     engine = HFEngine(model, tokenizer, SamplingConfig(temperature=0.0))
     prompt = tokenizer("<think> a </think>", add_special_tokens=False)["input_ids"]
     [free] = engine.generate([prompt], [30], [])
-    assert free.finish in ("length", "eos") and len(free.token_ids) <= 30
-    if free.finish == "length" and len(free.token_ids) > 3:
-        # Make the third generated token a stop string: generation must end right there.
-        stop = tokenizer.decode(free.token_ids[:3])
-        [cut] = engine.generate([prompt], [30], [stop])
-        assert cut.finish == "stop" and tokenizer.decode(cut.token_ids).endswith(stop)
+    assert free.finish == "length" and len(free.token_ids) == 30  # a random model rarely ends by itself
+    # With the text of the first three tokens as a stop string, generation ends there or earlier
+    # (a stop string may also match across the prompt boundary), with finish "stop".
+    stop = tokenizer.decode(free.token_ids[:3])
+    [cut] = engine.generate([prompt], [30], [stop])
+    assert (
+        cut.finish == "stop" and 1 <= len(cut.token_ids) <= 3 and cut.token_ids == free.token_ids[: len(cut.token_ids)]
+    )
+    assert tokenizer.decode(prompt + cut.token_ids).endswith(stop)
+
+
+def test_tool_call_protocol_runs_the_same_loop(tokenizer, retriever) -> None:
+    call = '<tool_call>\n{{"name": "search", "arguments": {{"query": "{}"}}}}\n</tool_call>'
+    script = {"Q?": [call.format("festival") + call.format("born") + "not json <tool_call>{oops</tool_call>",
+                     "<think> done </think> <answer> Oslo </answer>"]}  # fmt: skip
+    engine = ScriptedEngine(tokenizer, script, turn_of=lambda context: context.count("<|im_start|>assistant") - 1)
+    agent = AgentLoop(engine, retriever, tokenizer, RolloutConfig(), protocol=ToolCallProtocol())
+    [t] = agent.rollout(["Q?"])
+    assert (t.finish_reason, t.answer, t.num_searches, t.num_turns) == ("answered", "Oslo", 2, 2)
+    [observation] = [tokenizer.decode(r) for r in runs(t, 0)]
+    assert observation.count("<tool_response>") == 2 and observation.endswith("<|im_start|>assistant\n")
+    assert tokenizer.eos_token in tokenizer.decode(runs(t, 1)[0])  # the model's own EOS ends its tool-call message
+
+
+def test_tool_call_parsing() -> None:
+    protocol = ToolCallProtocol()
+    call = '<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>'
+    assert protocol.parse(call * 5, max_queries=3).dropped_queries == 2
+    assert protocol.parse(
+        '<tool_call>{"name": "search", "arguments": "{\\"query\\": \\"b\\"}"}</tool_call>', 3
+    ).queries == ["b"]
+    assert protocol.parse('<tool_call>{"name": "calculator", "arguments": {"x": 1}}</tool_call>', 3).kind == "invalid"
+    assert protocol.parse(f"<think>{call}</think>", 3).kind == "invalid"
+    assert protocol.parse("<answer> x </answer>", 3).answer == "x"

@@ -94,7 +94,8 @@ def test_bad_corpus_line_is_named_and_leaves_no_index(tmp_path: Path, line: str,
 def test_wiki18_titles_lose_their_quotes(tmp_path: Path) -> None:
     if not WIKI.is_file():
         pytest.skip("the wiki-18 sample is not present")
-    build_index(WIKI, tmp_path / "wiki", "bm25", progress=False)
+    manifest = build_index(WIKI, tmp_path / "wiki", "bm25", progress=False)
+    assert manifest["num_docs"] == 1000
     [docs] = load_retriever(tmp_path / "wiki").search(["Evan Morris lobbyist Genentech"], 3)
     assert docs[0].title == "Evan Morris" and docs[0].row["contents"].startswith('"Evan Morris"\n')
 

@@ -55,13 +55,15 @@ class DocStoreWriter:
         self.folder = Path(folder)
         self._file = (self.folder / DOCS_FILE).open("wb")
         self._offsets: list[int] = []
+        self._rows = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self._offsets.append(self._file.tell())
+        self._rows += 1
         self._file.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return self._rows
 
     def close(self) -> None:
         self._offsets.append(self._file.tell())  # end of the last row

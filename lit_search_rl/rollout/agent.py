@@ -20,10 +20,8 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from lit_search_rl.retrieval.base import Retriever
-from lit_search_rl.rollout.actions import extract_answer, parse_action
-from lit_search_rl.rollout.encoding import encode_prompt
 from lit_search_rl.rollout.engine import GenerationEngine
-from lit_search_rl.rollout.protocol import ANSWER_CLOSE, INFO_CLOSE, SEARCH_CLOSE, information_block
+from lit_search_rl.rollout.protocols import AgentProtocol, TagProtocol
 
 FinishReason = Literal["answered", "max_turns", "length", "invalid"]
 
@@ -109,16 +107,15 @@ class RolloutStats:
 
 
 class AgentLoop:
-    """Runs batched multi-turn rollouts of the tag protocol.
+    """Runs batched multi-turn rollouts.
 
     Args:
         engine: generates the model's turns.
         retriever: answers the searches (one call per turn for the whole batch).
         tokenizer: encodes prompts and information blocks, decodes the model's text.
         config: limits and settings.
+        protocol: how agent and environment talk; the tag protocol by default.
     """
-
-    STOP = (SEARCH_CLOSE, ANSWER_CLOSE)
 
     def __init__(
         self,
@@ -126,18 +123,22 @@ class AgentLoop:
         retriever: Retriever,
         tokenizer: PreTrainedTokenizerBase,
         config: RolloutConfig | None = None,
+        protocol: AgentProtocol | None = None,
     ) -> None:
         self.engine, self.retriever, self.tokenizer = engine, retriever, tokenizer
         self.config = config or RolloutConfig()
         self.config.validate()
-        self._info_close_ids = tokenizer(f"{INFO_CLOSE}\n\n", add_special_tokens=False)["input_ids"]
+        self.protocol = protocol or TagProtocol()
+        self._close_ids = tokenizer(self.protocol.observation_close, add_special_tokens=False)["input_ids"]
         self.stats = RolloutStats()
 
     def rollout(self, questions: Sequence[str]) -> list[Trajectory]:
         """One trajectory per question (repeat a question K times for a group of K)."""
         self.stats = RolloutStats()
         c = self.config
-        trajectories = [Trajectory(encode_prompt(self.tokenizer, q, c.max_parallel_queries)) for q in questions]
+        trajectories = [
+            Trajectory(self.protocol.prompt_ids(self.tokenizer, q, c.max_parallel_queries)) for q in questions
+        ]
         for t in trajectories:
             if t.length >= c.max_total_tokens:
                 t.finish_reason = "length"
@@ -150,7 +151,7 @@ class AgentLoop:
         for t in trajectories:
             if t.finish_reason is None:
                 t.finish_reason = "max_turns"
-            t.answer = extract_answer(t.text) if t.finish_reason == "answered" else None
+            t.answer = self.protocol.extract_answer(t.text) if t.finish_reason == "answered" else None
         return trajectories
 
     def _generate_turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, list[str]]]:
@@ -158,7 +159,7 @@ class AgentLoop:
         c = self.config
         budgets = [min(c.max_new_tokens_per_turn, c.max_total_tokens - t.length) for t in active]
         start = time.perf_counter()
-        outputs = self.engine.generate([t.prompt_ids + t.response_ids for t in active], budgets, self.STOP)
+        outputs = self.engine.generate([t.prompt_ids + t.response_ids for t in active], budgets, self.protocol.stop)
         self.stats.generate_seconds += time.perf_counter() - start
         searches = []
         for t, out in zip(active, outputs, strict=True):
@@ -167,7 +168,7 @@ class AgentLoop:
             turn_text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
             t.text += turn_text
             t.num_turns += 1
-            action = parse_action(turn_text, c.max_parallel_queries)
+            action = self.protocol.parse(turn_text, c.max_parallel_queries)
             if action.kind == "answer":
                 t.finish_reason = "answered"
             elif out.finish == "length":
@@ -191,14 +192,15 @@ class AgentLoop:
         self.stats.retriever_calls += 1
         position = 0
         for t, queries in searches:
-            docs = [d for r in results[position : position + len(queries)] for d in r]
+            docs = results[position : position + len(queries)]
             position += len(queries)
             t.num_searches += len(queries)
-            ids = self.tokenizer(information_block(docs, c.max_doc_chars), add_special_tokens=False)["input_ids"]
+            text = self.protocol.observation(docs, c.max_doc_chars)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > c.max_information_tokens:
-                # Cut the passages, keep the closing tag so the model sees a well-formed block.
-                keep = max(0, c.max_information_tokens - len(self._info_close_ids))
-                ids = ids[:keep] + self._info_close_ids
+                # Cut the passages, keep the closing text so the model sees a well-formed block.
+                keep = max(0, c.max_information_tokens - len(self._close_ids))
+                ids = ids[:keep] + self._close_ids
                 t.truncated_information += 1
             if t.length + len(ids) >= c.max_total_tokens:
                 t.finish_reason = "length"

@@ -14,13 +14,19 @@ from transformers import PreTrainedTokenizerBase
 from lit_search_rl.rollout.protocol import user_prompt
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int = 3) -> list[int]:
-    """Ids of the chat-templated user turn, ending with the opened assistant turn."""
-    messages = [{"role": "user", "content": user_prompt(question, max_queries)}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], tools: list[dict] | None = None
+) -> list[int]:
+    """Ids of chat ``messages`` through the tokenizer's chat template, with the assistant turn opened."""
+    ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int = 3) -> list[int]:
+    """Ids of the chat-templated user turn of the tag protocol, ending with the opened assistant turn."""
+    return encode_messages(tokenizer, [{"role": "user", "content": user_prompt(question, max_queries)}])
 
 
 def encode_segments(

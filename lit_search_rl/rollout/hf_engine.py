@@ -95,27 +95,26 @@ class HFEngine(GenerationEngine):
             output_logits=True,
             use_cache=True,
         )
-        new = out.sequences[:, width:].cpu()  # (B, N)
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1) if out.logits else None  # (B, N, V)
-        return [self._row(new[r], None if logprobs is None else logprobs[r], stop) for r in range(len(prompts))]
+        new = out.sequences[:, width:]  # (B, N)
+        # One step at a time: stacking (B, N, V) logits first would not fit for a real vocabulary.
+        chosen = torch.stack(
+            [step.float().log_softmax(-1).gather(-1, new[:, n : n + 1])[:, 0] for n, step in enumerate(out.logits)],
+            dim=1,
+        ).cpu()  # (B, N)
+        new = new.cpu()
+        return [self._row(new[r], chosen[r], budget, stop) for r in range(len(prompts))]
 
-    def _row(self, ids: torch.Tensor, logprobs: torch.Tensor | None, stop: Sequence[str]) -> Generation:
+    def _row(self, ids: torch.Tensor, logprobs: torch.Tensor, budget: int, stop: Sequence[str]) -> Generation:
         tokens = ids.tolist()
-        finish = "length"
-        end = len(tokens)
         for n, token in enumerate(tokens):
             if token in self.eos_ids:
-                end, finish = n + 1, "eos"
-                break
-        if finish != "eos":
-            # A finished row is padded to the batch width; the stop string ends right before the padding.
-            while end > 0 and tokens[end - 1] == self.pad_id:
-                end -= 1
-            text = self.tokenizer.decode(tokens[:end])
-            if any(text.endswith(s) or s in text[-(len(s) + 8) :] for s in stop):
-                finish = "stop"
-        kept = tokens[:end]
-        chosen = None
-        if logprobs is not None:
-            chosen = logprobs[torch.arange(end), torch.tensor(kept, dtype=torch.long)].tolist() if end else []
-        return Generation(kept, chosen, finish)  # type: ignore[arg-type]
+                return Generation(tokens[: n + 1], logprobs[: n + 1].tolist(), "eos")
+        # A row that stopped early is padded to the batch width. Stop strings may also match
+        # across the prompt boundary (transformers checks the whole sequence), so a row that
+        # ended before its budget stopped on a stop string even when its own text lacks it.
+        end = len(tokens)
+        while end > 0 and tokens[end - 1] == self.pad_id:
+            end -= 1
+        text = self.tokenizer.decode(tokens[:end])
+        stopped = end < budget or any(text.endswith(s) for s in stop)
+        return Generation(tokens[:end], logprobs[:end].tolist(), "stop" if stopped else "length")
