@@ -1,8 +1,8 @@
 """``lit-search-rl demo``: the main job on the embedded default, run by ``make demo``.
 
 Today it generates the synthetic world and the tiny model and prints what they hold and
-what to run next. Everything lands in one run folder (``runs/demo`` by default), which the
-demo replaces whole on every run.
+what to run next. Everything lands in one run folder (``runs/demo`` by default); each run
+replaces the world and the model in it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def demo(argv: Sequence[str]) -> None:
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
 
     parser = make_parser("demo", "Run the main job on the embedded default (synthetic world, tiny model).")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="Run folder; replaced on every run.")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="Run folder; its world and model are replaced on every run."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world and the model.")
     args = parser.parse_args(list(argv))
     out: Path = args.out
