@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from lit_search_rl.checks import require_at_least
 from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
 from lit_search_rl.io import atomic_output_dir, check_output_dir, read_jsonl
 from lit_search_rl.rollout.protocol import TAGS, user_prompt
@@ -57,10 +58,8 @@ class TinyModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible option."""
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "max_position_embeddings"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        require_at_least(self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                                "intermediate_size", "max_position_embeddings"))  # fmt: skip
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"--num_heads ({self.num_heads}) must be a multiple of --num_kv_heads ({self.num_kv_heads})"

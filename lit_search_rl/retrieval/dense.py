@@ -17,6 +17,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from lit_search_rl.checks import require_at_least
 from lit_search_rl.retrieval.base import Document, Retriever
 from lit_search_rl.retrieval.docstore import DocStore
 from lit_search_rl.retrieval.encoder import Encoder
@@ -59,10 +60,8 @@ class DenseConfig:
     """Move the index to all GPUs when faiss-gpu and GPUs are present."""
 
     def validate(self) -> None:
-        for name in ("max_length", "batch_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist",
-                     "ivf_nprobe", "pq_m", "pq_nbits"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        require_at_least(self, ("max_length", "batch_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
+                                "ivf_nlist", "ivf_nprobe", "pq_m", "pq_nbits"))  # fmt: skip
 
 
 def _new_index(config: DenseConfig, dim: int, num_vectors: int) -> tuple[faiss.Index, dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_search_rl.checks import require_at_least
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.engine import GenerationEngine
 from lit_search_rl.rollout.protocols import AgentProtocol, TagProtocol
@@ -46,10 +47,9 @@ class RolloutConfig:
     """Characters of each document's text shown to the model; unset for whole passages."""
 
     def validate(self) -> None:
-        for name in ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_information_tokens",
-                     "max_parallel_queries", "top_k"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"rollout.{name} must be at least 1 (got {getattr(self, name)})")
+        names = ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_information_tokens",
+                 "max_parallel_queries", "top_k")  # fmt: skip
+        require_at_least(self, names, prefix="rollout.")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lit_search_rl.checks import require_at_least
 from lit_search_rl.data.synthetic.corpus import Corpus, build_corpus
 from lit_search_rl.data.synthetic.entities import Entities, build_entities
 from lit_search_rl.data.synthetic.names import NameFactory
@@ -87,8 +88,7 @@ class WorldConfig:
             "num_test": 0,
         }
         for name, low in minimum.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} must be at least {low} (got {getattr(self, name)})")
+            require_at_least(self, [name], low)
         if self.num_cities < max(2, self.num_countries):
             raise ValueError(
                 f"--num_cities must be at least --num_countries and at least 2 (got {self.num_cities} cities "
