@@ -1,0 +1,178 @@
+"""GRPO losses as pure tensor functions: group advantages, the clipped policy loss and KL estimators.
+
+No Lightning, no model: tensors in, tensors out, so they can be checked by hand. Shapes:
+N trajectories, T response tokens. Each function follows veRL's ``core_algos`` where it says
+so; the few places that differ say why.
+
+Micro-batching: the aggregation normalisers (``num_tokens``, ``num_seqs``, ``horizon``) can be
+given for the whole batch, so that the losses of micro-batches add up to the loss of the
+batch and gradient accumulation gives the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Scale = Literal["group", "batch", "none"]
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLKind = Literal["k1", "k2", "k3"]
+AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_KINDS: tuple[str, ...] = ("k1", "k2", "k3")
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale = "group", eps: float = 1e-6
+) -> torch.Tensor:
+    """Outcome advantages normalised within each group of rollouts of one question.
+
+    Args:
+        rewards: (N,) reward of each trajectory.
+        group_ids: (N,) integer id of the question each trajectory answers.
+        scale: ``group`` divides by the group's unbiased std + eps (GRPO, veRL's default);
+            ``batch`` by the unbiased std of all rewards in the batch + eps; ``none`` only
+            subtracts the group mean (Dr. GRPO).
+        eps: added to the std.
+
+    Returns:
+        (N,) advantages. A group of one gets 0: it has no baseline to compare with (veRL gives
+        it the raw reward instead). A zero-variance group gets exactly 0 in every mode.
+    """
+    rewards = rewards.float()
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    groups = counts.numel()
+    sums = torch.zeros(groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
+    means = sums / counts  # (G,)
+    centred = rewards - means[inverse]  # (N,)
+    if scale == "group":
+        squares = torch.zeros_like(sums).index_add_(0, inverse, centred**2)
+        std = torch.sqrt(squares / (counts - 1).clamp(min=1))  # (G,) unbiased
+        advantages = centred / (std[inverse] + eps)
+    elif scale == "batch":
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+        advantages = centred / (std + eps)
+    elif scale == "none":
+        advantages = centred
+    else:
+        raise ValueError(f"scale must be one of group, batch, none (got {scale!r})")
+    return torch.where(counts[inverse] > 1, advantages, torch.zeros_like(advantages))
+
+
+def aggregate(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    agg: Aggregation = "token-mean",
+    *,
+    num_tokens: float | torch.Tensor | None = None,
+    num_seqs: int | None = None,
+    horizon: int | None = None,
+) -> torch.Tensor:
+    """Reduce a (N, T) per-token loss to a scalar, with veRL's ``agg_loss`` meanings.
+
+    ``token-mean``: sum over all masked tokens / number of masked tokens.
+    ``seq-mean-token-mean``: mean over sequences of each sequence's token mean.
+    ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
+    ``seq-mean-token-sum-norm``: sum of the sequences' token sums / ``horizon`` (Dr. GRPO; veRL
+    uses the padded width T, which changes with the batch, so pass a fixed ``horizon``).
+
+    ``num_tokens`` and ``num_seqs`` replace the counts of this tensor by those of the whole
+    batch when ``loss`` is one micro-batch of it.
+    """
+    mask = mask.to(loss.dtype)
+    token_sums = (loss * mask).sum(-1)  # (N,)
+    if agg == "token-mean":
+        denominator = mask.sum() if num_tokens is None else num_tokens
+        return token_sums.sum() / torch.as_tensor(denominator, dtype=loss.dtype).clamp(min=1)
+    if agg == "seq-mean-token-mean":
+        per_seq = token_sums / mask.sum(-1).clamp(min=1)
+        return per_seq.sum() / (num_seqs if num_seqs is not None else max(1, loss.shape[0]))
+    if agg == "seq-mean-token-sum":
+        return token_sums.sum() / (num_seqs if num_seqs is not None else max(1, loss.shape[0]))
+    if agg == "seq-mean-token-sum-norm":
+        return token_sums.sum() / (horizon if horizon is not None else loss.shape[-1])
+    raise ValueError(f"agg must be one of {', '.join(AGGREGATIONS)} (got {agg!r})")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (0 when nothing is masked in)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_c: float | None = None,
+    agg: Aggregation = "token-mean",
+    *,
+    num_tokens: float | torch.Tensor | None = None,
+    num_seqs: int | None = None,
+    horizon: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO clipped surrogate with asymmetric clipping and an optional dual clip.
+
+    Args:
+        logprobs: (N, T) log-probabilities of the taken tokens under the policy being trained.
+        old_logprobs: (N, T) the same under the policy that sampled them.
+        advantages: (N,) per sequence or (N, T) per token.
+        mask: (N, T) 1 on the model's own tokens.
+        clip_low: the ratio is clipped below at 1 - clip_low.
+        clip_high: and above at 1 + clip_high (DAPO's clip-higher uses clip_high > clip_low).
+        clip_c: dual clip (veRL's ``clip_ratio_c``, > 1): for negative advantages the loss is at
+            most ``-advantage * clip_c``; None turns it off.
+        agg: how token losses become a scalar (see ``aggregate``).
+        num_tokens, num_seqs, horizon: whole-batch normalisers for micro-batches (see ``aggregate``).
+
+    Returns:
+        The loss and statistics: ``clip_fraction`` (share of tokens where clipping changed the
+        loss), ``clip_fraction_lower`` (share where the dual clip did), ``approx_kl`` (mean of
+        old - new logprob, veRL's ``ppo_kl``).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logprobs)  # (N, T)
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)  # as veRL, against overflow
+    ratio = torch.exp(log_ratio)  # (N, T)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    losses = torch.maximum(unclipped, clipped)  # (N, T)
+    stats = {"clip_fraction": masked_mean((clipped > unclipped).float(), mask)}
+    if clip_c is not None:
+        bound = -advantages * clip_c
+        dual = torch.minimum(losses, bound)
+        stats["clip_fraction_lower"] = masked_mean(((losses > bound) & (advantages < 0)).float(), mask)
+        losses = torch.where(advantages < 0, dual, losses)
+    else:
+        stats["clip_fraction_lower"] = torch.zeros((), device=logprobs.device)
+    stats["approx_kl"] = masked_mean(-log_ratio, mask).detach()
+    stats = {k: v.detach() for k, v in stats.items()}
+    loss = aggregate(losses, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, horizon=horizon)
+    return loss, stats
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
+    """Elementwise KL(policy || reference) estimators of the taken tokens.
+
+    ``k1``: logp - ref_logp. ``k2``: (logp - ref_logp)^2 / 2. ``k3``: the low-variance estimator
+    exp(ref - logp) - (ref - logp) - 1, with veRL's clamps (log-ratio to [-20, 20], result to
+    [-10, 10]); it is never negative.
+    """
+    delta = logprobs - ref_logprobs
+    if kind == "k1":
+        return delta
+    if kind == "k2":
+        return 0.5 * delta**2
+    if kind == "k3":
+        log_ratio = (-delta).clamp(-20.0, 20.0)
+        return (torch.exp(log_ratio) - log_ratio - 1.0).clamp(-10.0, 10.0)
+    raise ValueError(f"kind must be one of {', '.join(KL_KINDS)} (got {kind!r})")
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(N, T) entropy of each next-token distribution from (N, T, V) logits."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)

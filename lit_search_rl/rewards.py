@@ -1,0 +1,82 @@
+"""Answer extraction, normalisation and the outcome rewards, chosen by name from a registry.
+
+The normalisation is SQuAD's (lowercase, punctuation removed, articles a/an/the dropped,
+whitespace collapsed), as FlashRAG and Search-R1 score. A trajectory without an answer gets 0.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from lit_search_rl.rollout.actions import extract_answer
+
+__all__ = [
+    "REWARDS",
+    "cover_exact_match",
+    "exact_match",
+    "extract_answer",
+    "f1_score",
+    "get_reward",
+    "normalize_answer",
+    "register_reward",
+]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str | None, golden_answers: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised golden answer."""
+    if prediction is None:
+        return 0.0
+    p = normalize_answer(prediction)
+    return float(any(p == normalize_answer(g) for g in golden_answers))
+
+
+def cover_exact_match(prediction: str | None, golden_answers: Sequence[str]) -> float:
+    """1.0 when a normalised golden answer appears, as whole words, in the normalised prediction."""
+    if prediction is None:
+        return 0.0
+    p = f" {normalize_answer(prediction)} "
+    return float(any(f" {normalize_answer(g)} " in p for g in golden_answers if normalize_answer(g)))
+
+
+def f1_score(prediction: str | None, golden_answers: Sequence[str]) -> float:
+    """Token F1 between the normalised prediction and the best golden answer."""
+    if prediction is None:
+        return 0.0
+    predicted = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golden_answers:
+        expected = normalize_answer(gold).split()
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common == 0:
+            continue
+        precision, recall = common / len(predicted), common / len(expected)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+RewardFn = Callable[[str | None, Sequence[str]], float]
+REWARDS: dict[str, RewardFn] = {"em": exact_match, "f1": f1_score, "cover_em": cover_exact_match}
+
+
+def register_reward(name: str, fn: RewardFn) -> None:
+    """Make ``fn(answer, golden_answers) -> float`` available to configs as ``reward: name``."""
+    REWARDS[name] = fn
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward registered as ``name``; a clear error naming the choices otherwise."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+    return REWARDS[name]
