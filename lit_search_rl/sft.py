@@ -44,7 +44,7 @@ class SFTModule(LightningModule):
         warmup_steps: Steps of linear warm-up before the cosine decay.
         min_lr_ratio: Learning rate at the end of the cosine decay, as a fraction of the peak.
         dtype: Parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-        export_dir: Where to save the trained policy (Hugging Face layout) at the end of fit; unset to skip.
+        export_dir: Where to save the policy (Hugging Face layout) at each checkpoint and the end of fit; unset to skip.
     """
 
     def __init__(
@@ -97,7 +97,13 @@ class SFTModule(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    @rank_zero_only
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._export()  # a Hugging Face copy beside every Lightning checkpoint
+
     def on_train_end(self) -> None:
-        if self.hparams.export_dir:
+        self._export()
+
+    @rank_zero_only
+    def _export(self) -> None:
+        if self.hparams.export_dir and self.policy is not None:
             export_policy(self.policy, self.tokenizer, self.hparams.export_dir)

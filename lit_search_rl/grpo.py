@@ -1,0 +1,383 @@
+"""The GRPO LightningModule: rollouts with search, outcome rewards, group advantages, clipped updates.
+
+One training step is one candidate batch of questions (``oversample * batch_size`` of them):
+
+1. rollout: K trajectories per question, multi-turn with search;
+2. reward: the configured reward of each trajectory's answer;
+3. classify groups: signal (rewards differ), too easy or too hard (zero variance);
+4. pick the effective batch: at most ``batch_size`` signal groups, in draw order;
+5. advantages: normalised within each group;
+6. update: ``update_epochs`` passes of micro-batched backward and one optimizer step each.
+
+An empty effective batch takes no optimizer step. A non-finite loss skips the step and is
+counted. What this module leaves out on purpose: sampling strategies and the recycling pool
+(the data module's job), the vLLM engine and weight sync (callbacks).
+
+Run: ``lit-search-rl fit --config configs/synthetic/grpo.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_search_rl.data.qa import QARecord
+from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
+from lit_search_rl.policy import export_policy, load_policy, load_tokenizer
+from lit_search_rl.retrieval.base import Retriever
+from lit_search_rl.rewards import get_reward
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
+from lit_search_rl.rollout.engine import SamplingConfig
+from lit_search_rl.rollout.hf_engine import HFEngine
+
+GroupKind = Literal["signal", "too_easy", "too_hard"]
+
+
+@dataclass
+class UpdateBatch:
+    """Tensors of the trajectories that are trained on. N trajectories, L = prompt + response width."""
+
+    input_ids: torch.Tensor  # (N, L) right-padded
+    attention_mask: torch.Tensor  # (N, L)
+    loss_mask: torch.Tensor  # (N, L) 1 on the model's own response tokens
+    advantages: torch.Tensor  # (N,)
+    old_logprobs: torch.Tensor | None = None  # (N, L-1) logprob of token t+1 at position t
+    ref_logprobs: torch.Tensor | None = None  # (N, L-1)
+
+
+def open_retriever(spec: str) -> Retriever:
+    """An index folder, or the URL of a Search-R1-compatible retrieval server."""
+    if spec.startswith(("http://", "https://")):
+        from lit_search_rl.retrieval.http_client import HTTPRetriever
+
+        return HTTPRetriever(spec)
+    from lit_search_rl.retrieval.index import load_retriever
+
+    return load_retriever(Path(spec))
+
+
+def classify_group(rewards: list[float]) -> GroupKind:
+    """Signal when the rewards differ; otherwise too easy (all rewarded) or too hard (none)."""
+    if max(rewards) != min(rewards):
+        return "signal"
+    return "too_easy" if rewards[0] > 0 else "too_hard"
+
+
+class GRPOModule(LightningModule):
+    """GRPO for search agents, with manual optimization.
+
+    Args:
+        model: Folder or Hub name of the policy (``AutoModelForCausalLM``), e.g. the SFT export.
+        retriever: Index folder (``lit-search-rl index``) or URL of a Search-R1 retrieval server.
+        dtype: Parameter dtype.
+        group_size: Rollouts per question (K); at least 2, or no group has a baseline.
+        batch_size: Signal groups per update (B).
+        oversample: Candidate questions drawn per step, as a multiple of ``batch_size`` (k).
+        reward: Reward name from the registry (``em``, ``f1``, ``cover_em``).
+        advantage_scale: ``group`` (GRPO), ``batch``, or ``none`` (Dr. GRPO).
+        loss_agg: Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm.
+        clip_low: Lower clip of the ratio, 1 - clip_low.
+        clip_high: Upper clip of the ratio, 1 + clip_high (DAPO clip-higher: above clip_low).
+        clip_c: Dual-clip bound for negative advantages (> 1), or unset.
+        kl_coef: Weight of the KL penalty to the frozen reference policy; 0 loads no reference model.
+        kl_estimator: KL estimator: k1, k2 or k3.
+        learning_rate: Peak AdamW learning rate.
+        warmup_steps: Optimizer steps of linear warm-up.
+        weight_decay: AdamW weight decay.
+        gradient_clip: Maximum gradient norm; 0 turns clipping off.
+        micro_batch_size: Trajectories per forward/backward; must divide ``group_size * batch_size``.
+        update_epochs: Passes over each effective batch, with the old logprobs kept from before the first.
+        gradient_checkpointing: Trade compute for memory in the policy's backward.
+        lora_rank: LoRA rank through peft; 0 trains all weights.
+        rollout: Agent-loop limits (turns, tokens, queries, documents).
+        sampling: Temperature, top-p, top-k and seed of rollouts.
+        export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        retriever: str,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        group_size: int = 4,
+        batch_size: int = 8,
+        oversample: int = 1,
+        reward: str = "em",
+        advantage_scale: Literal["group", "batch", "none"] = "group",
+        loss_agg: str = "token-mean",
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        clip_c: float | None = None,
+        kl_coef: float = 0.0,
+        kl_estimator: str = "k3",
+        learning_rate: float = 1e-6,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        gradient_clip: float = 1.0,
+        micro_batch_size: int = 8,
+        update_epochs: int = 1,
+        gradient_checkpointing: bool = False,
+        lora_rank: int = 0,
+        rollout: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.rollout_config = rollout or RolloutConfig()
+        self.sampling = sampling or SamplingConfig()
+        self._check_settings()
+        self.automatic_optimization = False
+        self.reward_fn = get_reward(reward)
+        self.tokenizer = load_tokenizer(model)
+        self.policy = None
+        self.reference = None
+        self.retriever: Retriever | None = None
+        self.skipped_steps = 0
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        h = self.hparams
+        if h.group_size < 2:
+            raise ValueError(f"model.group_size must be at least 2 (got {h.group_size})")
+        for name in ("batch_size", "oversample", "micro_batch_size", "update_epochs"):
+            if h[name] < 1:
+                raise ValueError(f"model.{name} must be at least 1 (got {h[name]})")
+        if (h.group_size * h.batch_size) % h.micro_batch_size:
+            raise ValueError(f"model.micro_batch_size ({h.micro_batch_size}) must divide group_size * batch_size "
+                             f"({h.group_size * h.batch_size})")  # fmt: skip
+        if h.loss_agg not in AGGREGATIONS:
+            raise ValueError(f"model.loss_agg must be one of {', '.join(AGGREGATIONS)} (got {h.loss_agg!r})")
+        if h.kl_estimator not in KL_KINDS:
+            raise ValueError(f"model.kl_estimator must be one of {', '.join(KL_KINDS)} (got {h.kl_estimator!r})")
+        if not 0 <= h.clip_low < 1 or h.clip_high < 0:
+            raise ValueError(f"model.clip_low must be in [0, 1) and clip_high >= 0 (got {h.clip_low}, {h.clip_high})")
+        if h.clip_c is not None and h.clip_c <= 1:
+            raise ValueError(f"model.clip_c must be above 1 (got {h.clip_c})")
+        if h.kl_coef < 0:
+            raise ValueError(f"model.kl_coef must not be negative (got {h.kl_coef})")
+        self.rollout_config.validate()
+        self.sampling.validate()
+
+    @property
+    def candidates_per_step(self) -> int:
+        """Questions the data module should draw per step: k * B."""
+        return self.hparams.oversample * self.hparams.batch_size
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        self.policy = load_policy(self.hparams.model, self.hparams.dtype)
+        if self.hparams.kl_coef > 0:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.hparams.lora_rank > 0:
+            self.policy = _with_lora(self.policy, self.hparams.lora_rank)
+        if self.hparams.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.policy.train()
+
+    def setup(self, stage: str) -> None:
+        if self.retriever is None:
+            self.retriever = open_retriever(self.hparams.retriever)
+
+    def teardown(self, stage: str) -> None:
+        if self.retriever is not None:
+            self.retriever.close()
+            self.retriever = None
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        warmup = self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def transfer_batch_to_device(self, batch: list[QARecord], device: torch.device, dataloader_idx: int) -> list:
+        return batch  # question records stay on the host; only update tensors go to the device
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def training_step(self, questions: list[QARecord], batch_idx: int) -> None:
+        start = time.perf_counter()
+        trajectories = self.rollout(questions)
+        rewards = self.score(trajectories, questions)
+        kinds = [classify_group(r) for r in rewards]
+        chosen = self.pick_effective_batch(kinds)
+        self.log_rollouts(trajectories, rewards, kinds, chosen)
+        if chosen:
+            batch = self.make_update_batch(trajectories, rewards, chosen)
+            self.update(batch)
+        self.log("train/step_time", time.perf_counter() - start)
+
+    def rollout(self, questions: list[QARecord]) -> list[list[Trajectory]]:
+        """K trajectories per question, as one batched agent loop; grouped by question."""
+        k = self.hparams.group_size
+        engine = HFEngine(self.policy, self.tokenizer, self._step_sampling())
+        agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
+        flat = agent.rollout([q.question for q in questions for _ in range(k)])
+        self._rollout_stats = agent.stats
+        return [flat[i * k : (i + 1) * k] for i in range(len(questions))]
+
+    def _step_sampling(self) -> SamplingConfig:
+        s = self.sampling
+        seed = None if s.seed is None else s.seed + 1000 * self.global_step
+        return SamplingConfig(s.temperature, s.top_p, s.top_k, seed)
+
+    def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:
+        """The configured reward of each trajectory, grouped like ``groups``."""
+        return [
+            [self.reward_fn(t.answer, q.golden_answers) for t in group]
+            for group, q in zip(groups, questions, strict=True)
+        ]
+
+    def pick_effective_batch(self, kinds: list[GroupKind]) -> list[int]:
+        """Indices of at most ``batch_size`` signal groups, in draw order."""
+        return [i for i, kind in enumerate(kinds) if kind == "signal"][: self.hparams.batch_size]
+
+    def make_update_batch(
+        self, groups: list[list[Trajectory]], rewards: list[list[float]], chosen: list[int]
+    ) -> UpdateBatch:
+        """Padded tensors and group-normalised advantages of the chosen groups."""
+        trajectories = [t for i in chosen for t in groups[i]]
+        flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
+        group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
+        advantages = group_advantages(flat_rewards, group_ids, scale=self.hparams.advantage_scale)
+        width = max(t.length for t in trajectories)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(trajectories), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        loss_mask = torch.zeros_like(input_ids)
+        for row, t in enumerate(trajectories):
+            ids = t.prompt_ids + t.response_ids
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            loss_mask[row, len(t.prompt_ids) : len(ids)] = torch.tensor(t.loss_mask)
+        device = self.device
+        return UpdateBatch(input_ids.to(device), attention_mask.to(device), loss_mask.to(device), advantages.to(device))
+
+    def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution."""
+        logits = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits[:, :-1]
+        logp = logits.float().log_softmax(-1)  # (n, L-1, V)
+        chosen = logp.gather(-1, batch.input_ids[rows, 1:, None])[..., 0]
+        entropy = -(logp.exp() * logp).sum(-1)
+        return chosen, entropy
+
+    def update(self, batch: UpdateBatch) -> None:
+        """``update_epochs`` optimizer steps over the batch; a step with a non-finite loss or gradient is skipped."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        # "Old" logprobs come from the policy before this batch's first update (PPO's pi_old).
+        batch.old_logprobs = self._frozen_logprobs(self.policy, batch)
+        if self.reference is not None:
+            batch.ref_logprobs = self._frozen_logprobs(self.reference, batch)
+        for _ in range(self.hparams.update_epochs):
+            optimizer.zero_grad(set_to_none=True)
+            finite, totals = self.accumulate_gradients(batch)
+            if not finite or not self._gradients_finite():
+                # Nothing of a non-finite step reaches the weights (or a checkpoint).
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                continue
+            if self.hparams.gradient_clip > 0:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm"
+                )
+            optimizer.step()
+            scheduler.step()
+            for name, value in totals.items():
+                self.log(f"train/{name}", value)
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def accumulate_gradients(self, batch: UpdateBatch) -> tuple[bool, dict[str, float]]:
+        """Micro-batched backward of the whole batch's loss; returns (loss finite, statistics).
+
+        Micro-batch losses are normalised by whole-batch counts, so their gradients add up to
+        the gradient of the batch loss whatever ``micro_batch_size`` is.
+        """
+        h = self.hparams
+        n = batch.input_ids.shape[0]
+        mask = batch.loss_mask[:, 1:]  # (N, L-1): token t+1 is predicted at position t
+        norms = {"num_tokens": mask.sum(), "num_seqs": n, "horizon": self.rollout_config.max_total_tokens}
+        totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        for i in range(0, n, h.micro_batch_size):
+            rows = slice(i, min(n, i + h.micro_batch_size))
+            logprobs, entropy = self.token_logprobs(self.policy, batch, rows)
+            loss, stats = policy_loss(logprobs, batch.old_logprobs[rows], batch.advantages[rows], mask[rows],
+                                      h.clip_low, h.clip_high, h.clip_c, h.loss_agg, **norms)  # fmt: skip
+            if batch.ref_logprobs is not None:
+                kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs[rows], h.kl_estimator), mask[rows], h.loss_agg,
+                               **norms)  # fmt: skip
+                loss = loss + h.kl_coef * kl
+                totals["kl"] += kl.item()
+            if not torch.isfinite(loss):
+                return False, totals
+            self._backward(loss)
+            totals["loss"] += loss.item()
+            totals["entropy"] += (entropy * mask[rows]).sum().item() / max(1, mask.sum().item())
+            totals["clip_fraction"] += stats["clip_fraction"].item() * (rows.stop - rows.start) / n
+        return True, totals
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._trainer is None:  # used on its own (tests, notebooks)
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model, batch: UpdateBatch) -> torch.Tensor:
+        size, n = self.hparams.micro_batch_size, batch.input_ids.shape[0]
+        return torch.cat([self.token_logprobs(model, batch, slice(i, i + size))[0] for i in range(0, n, size)])
+
+    def _gradients_finite(self) -> bool:
+        return all(p.grad is None or torch.isfinite(p.grad).all() for p in self.policy.parameters())
+
+    # -- logging and saving -----------------------------------------------------------------
+
+    def log_rollouts(self, groups: list[list[Trajectory]], rewards: list[list[float]], kinds: list[GroupKind],
+                     chosen: list[int]) -> None:  # fmt: skip
+        flat = [t for g in groups for t in g]
+        drawn = max(1, len(kinds))
+        self.log("train/reward_mean", sum(sum(r) for r in rewards) / max(1, len(flat)), prog_bar=True)
+        self.log("train/signal_fraction", kinds.count("signal") / drawn)
+        self.log("train/too_easy_fraction", kinds.count("too_easy") / drawn)
+        self.log("train/too_hard_fraction", kinds.count("too_hard") / drawn)
+        self.log("train/effective_batch_size", float(len(chosen)))
+        self.log("train/response_length", sum(sum(t.loss_mask) for t in flat) / max(1, len(flat)))
+        self.log("train/num_searches", sum(t.num_searches for t in flat) / max(1, len(flat)))
+        self.log("train/rollouts_per_update", float(len(flat)))
+        self.log("train/generate_time", self._rollout_stats.generate_seconds)
+        self.log("train/retrieve_time", self._rollout_stats.retrieve_seconds)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._export()
+
+    def on_train_end(self) -> None:
+        self._export()
+
+    @rank_zero_only
+    def _export(self) -> None:
+        if self.hparams.export_dir and self.policy is not None:
+            policy = self.policy
+            if hasattr(policy, "merge_and_unload"):  # LoRA: merge into a copy, the training model keeps its adapters
+                policy = copy.deepcopy(policy).merge_and_unload()
+            export_policy(policy, self.tokenizer, self.hparams.export_dir)
+
+
+def _with_lora(model, rank: int):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("model.lora_rank > 0 needs the peft package: pip install 'lit-search-rl[lora]'") from e
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
+__all__ = ["GRPOModule", "UpdateBatch", "classify_group"]

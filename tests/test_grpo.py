@@ -1,0 +1,196 @@
+"""The GRPO module: start-up checks, gradient invariants, non-finite steps, and a real few-step fit."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_search_rl.grpo import GRPOModule, UpdateBatch, classify_group
+from lit_search_rl.lightning_cli import SearchRLCLI
+from lit_search_rl.losses import group_advantages
+from lit_search_rl.rewards import REWARDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
+    return GRPOModule(model=str(model_dir), retriever=str(bm25_dir), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"group_size": 1}, "model.group_size"),
+        ({"group_size": 4, "batch_size": 3, "micro_batch_size": 5}, "model.micro_batch_size"),
+        ({"loss_agg": "sum"}, "model.loss_agg"),
+        ({"reward": "bleu"}, "unknown reward 'bleu'"),
+        ({"clip_low": 1.5}, "model.clip_low"),
+        ({"clip_c": 0.5}, "model.clip_c"),
+        ({"kl_estimator": "k9"}, "model.kl_estimator"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        module(model_dir, bm25_dir, **kwargs)
+
+
+def test_group_classification() -> None:
+    assert classify_group([1.0, 0.0, 0.0, 1.0]) == "signal"
+    assert classify_group([1.0] * 4) == "too_easy"
+    assert classify_group([0.0] * 4) == "too_hard"
+    assert classify_group([0.5, 0.5]) == "too_easy"  # non-binary: zero variance, rewarded
+
+
+def random_batch(m: GRPOModule, groups: list[list[float]], width: int = 12) -> UpdateBatch:
+    torch.manual_seed(0)
+    n = sum(len(g) for g in groups)
+    vocab = m.policy.config.vocab_size
+    input_ids = torch.randint(3, vocab, (n, width))
+    loss_mask = torch.zeros(n, width, dtype=torch.long)
+    loss_mask[:, 5:] = 1
+    loss_mask[::3, 9:] = 0  # ragged responses
+    rewards = torch.tensor([r for g in groups for r in g])
+    ids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    batch = UpdateBatch(input_ids, torch.ones_like(input_ids), loss_mask, group_advantages(rewards, ids))
+    batch.old_logprobs = m._frozen_logprobs(m.policy, batch) + 0.05 * torch.randn(n, width - 1)
+    return batch
+
+
+def grads(m: GRPOModule) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8, loss_agg=agg)
+    m.configure_model()
+    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
+    m.accumulate_gradients(batch)
+    whole = grads(m)
+    for micro in (1, 2, 4):
+        m.policy.zero_grad(set_to_none=True)
+        m.hparams.micro_batch_size = micro
+        m.accumulate_gradients(batch)
+        for name, g in grads(m).items():
+            assert torch.allclose(g, whole[name], atol=1e-6, rtol=1e-4), (micro, name)
+
+
+def test_zero_variance_groups_add_exactly_nothing(model_dir: Path, bm25_dir: Path) -> None:
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8)
+    m.configure_model()
+    with_flat = random_batch(m, [[1, 0, 0, 1], [1, 1, 1, 1]])
+    m.accumulate_gradients(with_flat)
+    both = grads(m)
+    # The zero-variance group's own gradient is exactly zero.
+    m.policy.zero_grad(set_to_none=True)
+    only_flat = UpdateBatch(with_flat.input_ids[4:], with_flat.attention_mask[4:], with_flat.loss_mask[4:],
+                            with_flat.advantages[4:], with_flat.old_logprobs[4:])  # fmt: skip
+    m.accumulate_gradients(only_flat)
+    assert all((g == 0).all() for g in grads(m).values())
+    assert any((g != 0).any() for g in both.values())
+
+
+def test_masked_tokens_get_no_gradient(model_dir: Path, bm25_dir: Path) -> None:
+    m = module(model_dir, bm25_dir, group_size=2, batch_size=1, micro_batch_size=2)
+    m.configure_model()
+    batch = random_batch(m, [[1, 0]], width=10)
+    batch.loss_mask[:, :] = 0
+    finite, totals = m.accumulate_gradients(batch)
+    assert finite and totals["loss"] == 0.0
+    assert all((g == 0).all() for g in grads(m).values())
+
+
+def fit(
+    tmp_path: Path,
+    model_dir: Path,
+    world_dir: Path,
+    bm25_dir: Path,
+    *extra: str,
+    cls: str = "lit_search_rl.grpo.GRPOModule",
+):
+    args = [
+        "fit",
+        "--config", str(ROOT / "configs/synthetic/grpo.yaml"),
+        "--model", cls,
+        "--trainer.limit_train_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+        "--model.model", str(model_dir),
+        "--model.retriever", str(bm25_dir),
+        "--model.reward", "coin",
+        "--model.group_size", "2",
+        "--model.batch_size", "2",
+        "--model.micro_batch_size", "2",
+        "--model.rollout.max_turns", "2",
+        "--model.rollout.max_new_tokens_per_turn", "8",
+        "--model.export_dir", str(tmp_path / "export"),
+        "--data.train", str(world_dir / "train.jsonl"),
+        *extra,
+    ]  # fmt: skip
+    return SearchRLCLI(args=args)
+
+
+@pytest.fixture
+def coin_reward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reward that is 1 half of the time, so a random model still gets signal groups."""
+    rng = random.Random(0)
+    monkeypatch.setitem(REWARDS, "coin", lambda answer, golds: float(rng.random() < 0.5))
+
+
+def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path,
+                                                   coin_reward: None) -> None:  # fmt: skip
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir)
+    m = cli.model
+    assert m.trainer.global_step >= 1 and m.skipped_steps == 0
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/reward_mean", "train/signal_fraction", "train/entropy", "train/step_time"} <= tags
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    initial = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert any(not p.equal(dict(initial.named_parameters())[n]) for n, p in exported.named_parameters())
+
+
+class NaNModule(GRPOModule):
+    """Produces a non-finite loss in every update."""
+
+    def token_logprobs(self, model, batch, rows):
+        logprobs, entropy = super().token_logprobs(model, batch, rows)
+        return (logprobs * float("nan"), entropy) if torch.is_grad_enabled() else (logprobs, entropy)
+
+
+def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(tmp_path: Path, model_dir: Path,
+                                                                      world_dir: Path, bm25_dir: Path,
+                                                                      coin_reward: None) -> None:  # fmt: skip
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, cls="tests.test_grpo.NaNModule")
+    m = cli.model
+    assert m.skipped_steps >= 1 and m.trainer.global_step == 0
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert all(p.equal(dict(initial.named_parameters())[n]) for n, p in m.policy.named_parameters())
+    assert all(torch.isfinite(p).all() for p in m.policy.parameters())
+
+
+def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, model_dir: Path, bm25_dir: Path) -> None:
+    pytest.importorskip("peft")
+    m = module(model_dir, bm25_dir, group_size=2, batch_size=1, micro_batch_size=2, lora_rank=4,
+               export_dir=str(tmp_path / "export"))  # fmt: skip
+    m.configure_model()
+    trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = random_batch(m, [[1, 0]], width=10)
+    m.accumulate_gradients(batch)
+    assert all(p.grad is None for n, p in m.policy.named_parameters() if "lora_" not in n)
+    m._export()
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    assert [n for n, p in m.policy.named_parameters() if p.requires_grad] == trainable  # adapters still there
