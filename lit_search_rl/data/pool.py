@@ -1,0 +1,220 @@
+"""The query pool: a mutable, weighted set of training questions (arXiv 2606.10709, Q(t) = {(q_i, w_i)}).
+
+All weights start at 1. A draw takes queries in proportion to weight, without replacement
+within the draw. After a step the sampling strategy reports what each drawn query's group did
+(``signal``, ``too_easy``, ``too_hard``) and sets its new weight: 0 consumes it, anything
+above 0 keeps it active. Every query is always in exactly one state, active (weight > 0) or
+consumed, and the state is one ``state_dict``, so a restored pool draws exactly as the
+original would have.
+
+Usable on its own, with no model: the pool simulator and most tests drive it directly. Arrays
+are numpy, so a draw and report on a million queries costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+Outcome = Literal["too_hard", "signal", "too_easy"]
+OUTCOMES: tuple[Outcome, ...] = ("too_hard", "signal", "too_easy")
+_CODE = {name: code for code, name in enumerate(OUTCOMES)}
+NEVER = -1
+
+
+class _Fenwick:
+    """Prefix sums of weights with O(log n) updates and weighted search (a binary indexed tree)."""
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.n = len(weights)
+        self.rebuild(weights)
+
+    def rebuild(self, weights: np.ndarray) -> None:
+        # tree[i] holds the sum of weights[i - lowbit(i + 1) + 1 .. i]; built from prefix sums at once.
+        prefix = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
+        index = np.arange(1, self.n + 1)
+        self.tree = prefix[index] - prefix[index - (index & -index)]
+        self.total = float(prefix[-1])
+        self.top = 1 << (self.n.bit_length() - 1) if self.n else 0
+
+    def add(self, i: int, delta: float) -> None:
+        self.total += delta
+        i += 1
+        while i <= self.n:
+            self.tree[i - 1] += delta
+            i += i & -i
+
+    def find(self, u: float) -> int:
+        """The smallest index whose prefix sum exceeds ``u``."""
+        pos, step = 0, self.top
+        while step:
+            nxt = pos + step
+            if nxt <= self.n and self.tree[nxt - 1] <= u:
+                pos = nxt
+                u -= self.tree[nxt - 1]
+            step >>= 1
+        return min(pos, self.n - 1)
+
+
+class PoolExhausted(RuntimeError):
+    """Fewer active queries than a draw needs, under the ``stop`` exhaustion policy."""
+
+
+def outcome_of(correct: int, group_size: int) -> Outcome:
+    """A group's outcome from its number of correct rollouts."""
+    if correct <= 0:
+        return "too_hard"
+    return "too_easy" if correct >= group_size else "signal"
+
+
+class QueryPool:
+    """Weighted pool of query ids.
+
+    Args:
+        ids: query ids; duplicates are an error.
+        seed: seed of the draws.
+        exhaustion: when fewer queries are active than a draw needs, ``reset`` starts a new epoch
+            (every weight back to 1) and ``stop`` raises ``PoolExhausted``.
+    """
+
+    def __init__(self, ids: Sequence[str], seed: int = 0, exhaustion: Literal["reset", "stop"] = "reset") -> None:
+        duplicates = [i for i, n in Counter(ids).items() if n > 1]
+        if duplicates:
+            shown = ", ".join(map(repr, duplicates[:5])) + (" ..." if len(duplicates) > 5 else "")
+            raise ValueError(f"duplicate query ids in the training set: {shown}")
+        if not ids:
+            raise ValueError("the query pool is empty: the training set has no questions")
+        if exhaustion not in ("reset", "stop"):
+            raise ValueError(f"exhaustion must be reset or stop (got {exhaustion!r})")
+        self.ids = list(ids)
+        self.exhaustion = exhaustion
+        n = len(self.ids)
+        self.weights = np.ones(n, dtype=np.float64)
+        self.times_drawn = np.zeros(n, dtype=np.int32)
+        self.epoch_draws = np.zeros(n, dtype=np.int32)  # draws since the current epoch began
+        self.last_outcome = np.full(n, NEVER, dtype=np.int8)
+        self.epoch = 0
+        self.counters: Counter[str] = Counter()
+        self.rng = np.random.default_rng(seed)
+        self._tree = _Fenwick(self.weights)
+        self._active = n
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def active(self) -> int:
+        """Queries with weight above 0."""
+        return self._active
+
+    @property
+    def consumed(self) -> int:
+        """Queries with weight 0."""
+        return len(self.ids) - self.active
+
+    def draw(self, n: int) -> np.ndarray:
+        """Indices of ``n`` distinct active queries, drawn in proportion to weight.
+
+        Successive sampling: each pick is proportional to the weights of the queries not yet
+        picked in this draw. A binary indexed tree makes each pick O(log pool size), so a draw
+        costs the same on a million queries as on a thousand.
+        """
+        if n < 1:
+            raise ValueError(f"a draw needs at least 1 query (got {n})")
+        if n > len(self.ids):
+            raise ValueError(f"a draw of {n} queries needs a pool at least that large (the pool has {len(self.ids)})")
+        if self.active < n:
+            if self.exhaustion == "stop":
+                raise PoolExhausted(f"only {self.active} active queries are left for a draw of {n} "
+                                    f"(epoch {self.epoch}); training stops (exhaustion: stop)")  # fmt: skip
+            self.new_epoch()
+        chosen: list[int] = []
+        picked: set[int] = set()
+        while len(chosen) < n:
+            i = self._tree.find(self.rng.random() * self._tree.total)
+            if self.weights[i] <= 0 or i in picked:
+                continue  # rounding put the pick on a boundary; pick again
+            chosen.append(i)
+            picked.add(i)
+            self._tree.add(i, -self.weights[i])  # out of the rest of this draw
+        for i in chosen:
+            self._tree.add(i, self.weights[i])
+        result = np.asarray(chosen, dtype=np.int64)
+        self.times_drawn[result] += 1
+        self.epoch_draws[result] += 1
+        self.counters["draws"] += 1
+        self.counters["drawn"] += n
+        return result
+
+    def new_epoch(self) -> None:
+        """Every query active again with weight 1 (history is kept)."""
+        self.weights[:] = 1.0
+        self.epoch_draws[:] = 0
+        self._sync()
+        self.epoch += 1
+        self.counters["epochs"] += 1
+
+    def report(
+        self, indices: Sequence[int], outcomes: Sequence[Outcome], new_weights: Sequence[float]
+    ) -> dict[str, int]:
+        """Record each drawn query's outcome and set its weight; returns this report's flip counts.
+
+        A flip is a query whose group turned to signal after a zero-variance outcome the last time
+        it was drawn: ``recovery`` from too hard (the policy improved), ``drift`` from too easy.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        codes = np.array([_CODE[o] for o in outcomes], dtype=np.int8)
+        weights = np.asarray(new_weights, dtype=np.float64)
+        if not (len(indices) == len(codes) == len(weights)):
+            raise ValueError("indices, outcomes and new_weights must have the same length")
+        if (weights < 0).any():
+            raise ValueError("weights must not be negative")
+        previous = self.last_outcome[indices]
+        signal = codes == _CODE["signal"]
+        flips = {
+            "recovery": int(np.count_nonzero(signal & (previous == _CODE["too_hard"]))),
+            "drift": int(np.count_nonzero(signal & (previous == _CODE["too_easy"]))),
+        }
+        self.last_outcome[indices] = codes
+        for i, w in zip(indices.tolist(), weights.tolist(), strict=True):
+            self._active += int(w > 0) - int(self.weights[i] > 0)
+            self._tree.add(i, w - self.weights[i])
+            self.weights[i] = w
+        self.counters.update({f"outcome_{o}": int(np.count_nonzero(codes == c)) for o, c in _CODE.items()})
+        self.counters.update(flips)
+        return flips
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restored pool needs to draw exactly as this one would."""
+        return {
+            "ids": list(self.ids),
+            "weights": self.weights.copy(),
+            "times_drawn": self.times_drawn.copy(),
+            "epoch_draws": self.epoch_draws.copy(),
+            "last_outcome": self.last_outcome.copy(),
+            "epoch": self.epoch,
+            "counters": dict(self.counters),
+            "rng": self.rng.bit_generator.state,
+            "exhaustion": self.exhaustion,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["ids"]) != self.ids:
+            raise ValueError("the saved pool holds other query ids than this training set")
+        self.weights = np.array(state["weights"], dtype=np.float64)
+        self.times_drawn = np.array(state["times_drawn"], dtype=np.int32)
+        self.epoch_draws = np.array(state["epoch_draws"], dtype=np.int32)
+        self.last_outcome = np.array(state["last_outcome"], dtype=np.int8)
+        self.epoch = int(state["epoch"])
+        self.counters = Counter(state["counters"])
+        self.rng.bit_generator.state = state["rng"]
+        self.exhaustion = state["exhaustion"]
+        self._sync()
+
+    def _sync(self) -> None:
+        """Rebuild the derived state (search tree, active count) from the weights."""
+        self._tree.rebuild(self.weights)
+        self._active = int(np.count_nonzero(self.weights > 0))
