@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import export_policy, load_policy, load_tokenizer
@@ -200,22 +201,62 @@ class GRPOModule(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def transfer_batch_to_device(self, batch: list[QARecord], device: torch.device, dataloader_idx: int) -> list:
+    def transfer_batch_to_device(self, batch: list[QARecord] | int, device: torch.device, dataloader_idx: int):
         return batch  # question records stay on the host; only update tensors go to the device
 
     # -- the step ---------------------------------------------------------------------------
 
-    def training_step(self, questions: list[QARecord], batch_idx: int) -> None:
+    def training_step(self, batch: list[QARecord] | int, batch_idx: int) -> None:
         start = time.perf_counter()
-        trajectories = self.rollout(questions)
-        rewards = self.score(trajectories, questions)
-        kinds = [classify_group(r) for r in rewards]
-        chosen = self.pick_effective_batch(kinds)
-        self.log_rollouts(trajectories, rewards, kinds, chosen)
+        sampled = self.sample(batch)
+        if sampled is None:
+            return
+        groups, rewards, kinds, chosen = sampled
+        self.log_rollouts(groups, rewards, kinds, chosen)
         if chosen:
-            batch = self.make_update_batch(trajectories, rewards, chosen)
-            self.update(batch)
+            self.update(self.make_update_batch(groups, rewards, chosen))
         self.log("train/step_time", time.perf_counter() - start)
+
+    def sample(self, batch: list[QARecord] | int) -> tuple[list, list, list, list[int]] | None:
+        """Roll out, score and classify the step's questions, and pick the effective batch.
+
+        With a recycling data module its strategy draws from the pool (possibly over several
+        rounds) and picks; with a plain list of questions the first B signal groups are used.
+        Returns None when the pool is exhausted under the ``stop`` policy (training ends).
+        """
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not hasattr(datamodule, "sampling_step"):
+            groups = self.rollout(batch)
+            rewards = self.score(groups, batch)
+            kinds = [classify_group(r) for r in rewards]
+            return groups, rewards, kinds, self.pick_effective_batch(kinds)
+        drawn: list[tuple[list[Trajectory], list[float], GroupKind]] = []
+
+        def outcomes_of(questions: list[QARecord], indices) -> list[GroupKind]:
+            groups = self.rollout(questions)
+            rewards = self.score(groups, questions)
+            drawn.extend(zip(groups, rewards, [classify_group(r) for r in rewards], strict=True))
+            return [kind for *_, kind in drawn[-len(questions) :]]
+
+        try:
+            result = datamodule.sampling_step(outcomes_of)
+        except PoolExhausted as e:
+            rank_zero_info(f"stopping: {e}")
+            self.trainer.should_stop = True
+            return None
+        position = {pool_index: n for n, pool_index in enumerate(result.drawn)}
+        self.log_pool(datamodule.pool, result)
+        groups, rewards, kinds = (list(x) for x in zip(*drawn, strict=True))
+        return groups, rewards, kinds, [position[i] for i in result.chosen]
+
+    def log_pool(self, pool, result) -> None:
+        """The pool's ``pool/*`` and recycling ``train/*`` tags."""
+        chosen = max(1, len(result.chosen))
+        self.log("pool/active", float(pool.active))
+        self.log("pool/consumed", float(pool.consumed))
+        self.log("train/recycled_fraction", result.recycled / chosen)
+        self.log("train/recovery_fraction", result.flips["recovery"] / max(1, len(result.drawn)))
+        self.log("train/drift_fraction", result.flips["drift"] / max(1, len(result.drawn)))
 
     def rollout(self, questions: list[QARecord]) -> list[list[Trajectory]]:
         """K trajectories per question, as one batched agent loop; grouped by question."""
@@ -292,9 +333,19 @@ class GRPOModule(LightningModule):
                 )
             optimizer.step()
             scheduler.step()
-            for name, value in totals.items():
-                self.log(f"train/{name}", value)
-        self.log("train/skipped_steps", float(self.skipped_steps))
+            self.log_update({f"train/{name}": value for name, value in totals.items()})
+        self.log_update({"train/skipped_steps": float(self.skipped_steps)})
+
+    @rank_zero_only
+    def log_update(self, metrics: dict[str, float]) -> None:
+        """Write update metrics straight to the loggers, at the step Lightning logs this batch at.
+
+        ``self.log`` would repeat a step metric's last value in later batches that do not log it
+        (here: steps without signal, which take no update), and show a loss that was never computed.
+        """
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def accumulate_gradients(self, batch: UpdateBatch) -> tuple[bool, dict[str, float]]:
         """Micro-batched backward of the whole batch's loss; returns (loss finite, statistics).

@@ -194,3 +194,23 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, mo
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
     assert not any("lora" in n for n, _ in exported.named_parameters())
     assert [n for n, p in m.policy.named_parameters() if p.requires_grad] == trainable  # adapters still there
+
+
+def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, model_dir: Path, world_dir: Path,
+                                                              bm25_dir: Path, coin_reward: None) -> None:  # fmt: skip
+    recycling = "lit_search_rl.data.recycling_datamodule.RecyclingDataModule"
+    extra = ["--data", recycling, "--data.train", str(world_dir / "train.jsonl"), "--trainer.enable_checkpointing",
+             "true", "--trainer.default_root_dir", str(tmp_path / "root")]  # fmt: skip
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *extra)
+    dm = cli.datamodule
+    assert dm.pool.counters["draws"] == 2 and dm.pool.counters["drawn"] == 2 * 2 * 2  # 2 steps of k*B = 4
+    assert dm.pool.active + dm.pool.consumed == len(dm.records)
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"pool/active", "pool/consumed", "train/recycled_fraction", "train/drift_fraction"} <= set(
+        events.Tags()["scalars"]
+    )
+    [checkpoint] = list((tmp_path / "root").rglob("*.ckpt")) or list(tmp_path.rglob("*.ckpt"))
+    state = torch.load(checkpoint, weights_only=False)
+    saved = state["RecyclingDataModule"]["pool"]
+    assert saved["counters"]["draws"] == 2 and list(saved["ids"]) == [r.id for r in dm.records]

@@ -132,3 +132,26 @@ def test_no_query_is_lost_or_duplicated_and_restores_draw_identically(name, step
         # Every query is in exactly one state, and the counts agree with the weights.
         assert pool.active + pool.consumed == len(IDS) and pool.active == int((pool.weights > 0).sum())
         assert (pool.weights >= 0).all()
+
+
+def test_recycling_datamodule_resumes_with_the_same_draws(world_dir) -> None:
+    from lit_search_rl.data.recycling_datamodule import RecyclingDataModule
+
+    def outcome(records, idx):  # deterministic in the question
+        return [("signal", "too_hard", "too_easy")[int(r.id.split("-")[-1]) % 3] for r in records]
+
+    def run(dm, steps):
+        return [dm.sampling_step(outcome).drawn for _ in range(steps)]
+
+    make = lambda: RecyclingDataModule(str(world_dir / "train.jsonl"), batch_size=3, oversample=2, seed=4)  # noqa: E731
+    whole = make()
+    whole.setup("fit")
+    uninterrupted = run(whole, 6)
+    first = make()
+    first.setup("fit")
+    head = run(first, 3)
+    saved = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(saved)  # before setup, as when Lightning restores a checkpoint
+    resumed.setup("fit")
+    assert head + run(resumed, 3) == uninterrupted

@@ -1,0 +1,103 @@
+"""The recycling DataModule: owns the query pool and rebuilds every step's candidates from it.
+
+The data loader yields only step numbers. The draw itself happens inside the training step
+(``sampling_step``), after the previous step's outcomes reached the pool, so Lightning's
+prefetching of the next batch can never serve a stale draw. The pool is the data module's
+state and lands in every Lightning checkpoint; a resumed run draws exactly what the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_search_rl.data.pool import Outcome, QueryPool
+from lit_search_rl.data.qa import QARecord, load_qa
+from lit_search_rl.data.recycling import StepResult, sampling_step
+from lit_search_rl.data.strategies import Strategy, make_strategy
+
+
+class _Steps(IterableDataset):
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count()
+
+
+class RecyclingDataModule(LightningDataModule):
+    """Training questions in a weighted pool, drawn by a sampling strategy.
+
+    Args:
+        train: FlashRAG JSON-lines file of training questions (unique ids).
+        strategy: ``recycle``, ``grpo``, ``dapo`` or ``bounded_dapo``.
+        recycled_weight: Weight of drawn but unused queries under ``recycle``; below 1 is soft recycling.
+        max_rounds: Rounds of B candidates per step under ``dapo``.
+        exhaustion: When too few queries are active: ``reset`` (new epoch) or ``stop`` (end training with a message).
+        batch_size: Signal groups per update (B); unset to take the module's ``batch_size``.
+        oversample: Candidates per round as a multiple of B (k); unset to take the module's ``oversample``.
+        seed: Seed of the draws.
+    """
+
+    def __init__(
+        self,
+        train: str,
+        strategy: Literal["recycle", "grpo", "dapo", "bounded_dapo"] = "recycle",
+        recycled_weight: float = 1.0,
+        max_rounds: int = 4,
+        exhaustion: Literal["reset", "stop"] = "reset",
+        batch_size: int | None = None,
+        oversample: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_path = Path(train)
+        self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
+        self.exhaustion, self.seed = exhaustion, seed
+        self.batch_size, self.oversample = batch_size, oversample
+        self.records: list[QARecord] = []
+        self.pool: QueryPool | None = None
+        self.strategy: Strategy | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.pool is not None:
+            return
+        if not self.train_path.is_file():
+            raise FileNotFoundError(f"data.train: {self.train_path} does not exist")
+        self.records = load_qa(self.train_path)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        hparams = getattr(module, "hparams", {})
+        batch = self.batch_size or hparams.get("batch_size", 1)
+        oversample = self.oversample or hparams.get("oversample", 1)
+        self.strategy = make_strategy(self.strategy_name, batch_size=batch, oversample=oversample,
+                                      max_rounds=self.max_rounds, recycled_weight=self.recycled_weight)  # fmt: skip
+        if len(self.records) < self.strategy.candidates():
+            raise ValueError(f"data.train has {len(self.records)} questions, fewer than one draw of "
+                             f"{self.strategy.candidates()}")  # fmt: skip
+        self.pool = QueryPool([r.id for r in self.records], seed=self.seed, exhaustion=self.exhaustion)
+        if self._pending_state is not None:
+            self.pool.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(), batch_size=None)
+
+    def sampling_step(self, outcomes_of: Callable[[list[QARecord], np.ndarray], Sequence[Outcome]]) -> StepResult:
+        """Draw from the current pool, get each drawn question's outcome, fill the effective batch, report."""
+        return sampling_step(self.pool, self.strategy, lambda idx: outcomes_of([self.records[i] for i in idx], idx))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool.state_dict()} if self.pool is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "pool" not in state_dict:
+            return
+        if self.pool is None:
+            self._pending_state = state_dict["pool"]  # applied in setup, once the pool exists
+        else:
+            self.pool.load_state_dict(state_dict["pool"])
