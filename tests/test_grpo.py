@@ -200,7 +200,8 @@ def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, mo
                                                               bm25_dir: Path, coin_reward: None) -> None:  # fmt: skip
     recycling = "lit_search_rl.data.recycling_datamodule.RecyclingDataModule"
     extra = ["--data", recycling, "--data.train", str(world_dir / "train.jsonl"), "--trainer.enable_checkpointing",
-             "true", "--trainer.default_root_dir", str(tmp_path / "root")]  # fmt: skip
+             "true", "--trainer.default_root_dir", str(tmp_path / "root"),
+             "--trainer.callbacks+=lit_search_rl.callbacks.recycling_plot.RecyclingPlot"]  # fmt: skip
     cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *extra)
     dm = cli.datamodule
     assert dm.pool.counters["draws"] == 2 and dm.pool.counters["drawn"] == 2 * 2 * 2  # 2 steps of k*B = 4
@@ -210,6 +211,8 @@ def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, mo
     assert {"pool/active", "pool/consumed", "train/recycled_fraction", "train/drift_fraction"} <= set(
         events.Tags()["scalars"]
     )
+    assert "recycling" in events.Tags()["images"]  # the end-of-fit plot, also a PNG in the log folder
+    assert list((tmp_path / "logs").rglob("recycling.png"))
     [checkpoint] = list((tmp_path / "root").rglob("*.ckpt")) or list(tmp_path.rglob("*.ckpt"))
     state = torch.load(checkpoint, weights_only=False)
     saved = state["RecyclingDataModule"]["pool"]
