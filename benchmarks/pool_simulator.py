@@ -80,7 +80,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
         "signal_fraction": signal / max(1, drawn), "batch_fill": chosen / max(1, steps * batch),
         "recycled_share": recycled / max(1, chosen), "recycled_share_last_quarter": late_recycled / max(1, late_chosen),
         "recovery": flips["recovery"], "drift": flips["drift"], "flipped_unique_share": len(flipped) / queries,
-        "consumed": pool.consumed, "epochs": pool.epoch, "final_skill": skill,
+        "consumed": pool.consumed, "epochs": pool.epoch, "final_skill": skill, "history": history,
     }  # fmt: skip
 
 
@@ -109,7 +109,9 @@ def main() -> None:
     start = time.perf_counter()
     for label in SETTINGS:
         runs = [simulate(label, args.queries, args.batch, args.group, args.budget, s) for s in args.seeds]
-        mean = {k: (float(np.mean([r[k] for r in runs])) if k != "strategy" else label) for k in runs[0]}
+        mean = {k: (float(np.mean([r[k] for r in runs])) if k != "strategy" else label)
+                for k in runs[0] if k != "history"}  # fmt: skip
+        mean["history"] = runs[0]["history"]  # the first seed's curve, for the plot
         rows.append(mean)
     elapsed = time.perf_counter() - start
     speed = draw_speed()
@@ -126,7 +128,39 @@ def main() -> None:
               f"{shares} | {r['recovery']:.0f} | {r['drift']:.0f} | {r['flipped_unique_share']:.3f} | "
               f"{r['consumed']:.0f} | {r['final_skill']:.2f} |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out.with_suffix(".png"), args.batch)
+    for r in rows:
+        r.pop("history")
     args.out.write_text(json.dumps({"rows": rows, "ms_per_step_1m": speed, "seconds": elapsed}, indent=2))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def plot(rows: list[dict], path: Path, batch: int) -> None:
+    """Recycled share and effective-batch fill against trajectories spent, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (share, fill) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for r in rows:
+        spent = np.array([h[0] for h in r["history"]])
+        chosen = np.array([h[1] for h in r["history"]], dtype=float)
+        recycled = np.array([h[2] for h in r["history"]], dtype=float)
+        window = 20  # steps; smooths the per-step noise
+        kernel = np.ones(window)
+        # "valid" windows only: zero padding at the ends would draw a false drop.
+        smooth_share = np.convolve(recycled, kernel, "valid") / np.maximum(np.convolve(chosen, kernel, "valid"), 1)
+        x = spent[window - 1 :]
+        share.plot(x, smooth_share, label=r["strategy"])
+        fill.plot(x, np.convolve(chosen / batch, kernel / window, "valid"), label=r["strategy"])
+    share.set_ylabel("recycled share of batch")
+    fill.set_ylabel("effective batch fill")
+    fill.set_xlabel("trajectories spent")
+    share.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
