@@ -39,6 +39,14 @@ def test_draws_are_distinct_and_proportional_to_weight() -> None:
     assert all(len(set(d.tolist())) == 3 for d in draws)
 
 
+def test_draws_finish_when_weights_differ_by_many_orders_of_magnitude() -> None:
+    pool = QueryPool(IDS[:6], seed=2)
+    pool.report([0, 1, 2, 3], ["too_hard"] * 4, [1e-300, 5e-324, 1e-200, 1.0])
+    for _ in range(20):
+        assert sorted(pool.draw(6).tolist()) == list(range(6))  # the whole pool, tiny weights included
+        assert len(set(pool.draw(5).tolist())) == 5
+
+
 def test_exhaustion_policies() -> None:
     pool = QueryPool(IDS[:4], exhaustion="stop")
     pool.report([0, 1, 2], ["signal"] * 3, [0.0] * 3)

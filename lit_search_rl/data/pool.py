@@ -133,15 +133,25 @@ class QueryPool:
             self.new_epoch()
         chosen: list[int] = []
         picked: set[int] = set()
-        while len(chosen) < n:
+        misses = 0
+        while len(chosen) < n and misses < 64:
             i = self._tree.find(self.rng.random() * self._tree.total)
             if self.weights[i] <= 0 or i in picked:
-                continue  # rounding put the pick on a boundary; pick again
+                misses += 1  # rounding put the pick on a boundary; pick again
+                continue
             chosen.append(i)
             picked.add(i)
             self._tree.add(i, -self.weights[i])  # out of the rest of this draw
         for i in chosen:
             self._tree.add(i, self.weights[i])
+        if len(chosen) < n:
+            # The tree's running sums cannot resolve what is left (weights many orders of magnitude
+            # below the rest, or accumulated rounding): finish exactly, and rebuild the sums.
+            rest = np.flatnonzero(self.weights > 0)
+            rest = rest[~np.isin(rest, chosen)]
+            p = self.weights[rest] / self.weights[rest].sum()
+            chosen += self.rng.choice(rest, size=n - len(chosen), replace=False, p=p).tolist()
+            self._tree.rebuild(self.weights)
         result = np.asarray(chosen, dtype=np.int64)
         self.times_drawn[result] += 1
         self.epoch_draws[result] += 1
