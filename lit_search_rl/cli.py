@@ -22,7 +22,7 @@ TOOLS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "serve-retriever": (serve_retriever, "serve an index folder with the Search-R1 retrieval API"),
 }
 LIGHTNING_COMMANDS = {
-    "fit": "train (SFT warm start or GRPO) from a YAML config",
+    "fit": "train (SFT warm start, GRPO, GRPO with recycling) from a YAML config",
     "validate": "evaluate on the validation sets",
     "test": "evaluate on the test sets",
 }
