@@ -22,7 +22,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from lightning import LightningModule
@@ -31,10 +31,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
-from lit_search_rl.policy import export_policy, load_policy, load_tokenizer
+from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rewards import get_reward
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
+from lit_search_rl.rollout.encoding import pad_batch
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 
@@ -71,7 +72,7 @@ def classify_group(rewards: list[float]) -> GroupKind:
     return "too_easy" if rewards[0] > 0 else "too_hard"
 
 
-class GRPOModule(LightningModule):
+class GRPOModule(ExportsPolicy, LightningModule):
     """GRPO for search agents, with manual optimization.
 
     Args:
@@ -291,18 +292,12 @@ class GRPOModule(LightningModule):
         flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
         group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
         advantages = group_advantages(flat_rewards, group_ids, scale=self.hparams.advantage_scale)
-        width = max(t.length for t in trajectories)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(trajectories), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        loss_mask = torch.zeros_like(input_ids)
-        for row, t in enumerate(trajectories):
-            ids = t.prompt_ids + t.response_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-            loss_mask[row, len(t.prompt_ids) : len(ids)] = torch.tensor(t.loss_mask)
-        device = self.device
-        return UpdateBatch(input_ids.to(device), attention_mask.to(device), loss_mask.to(device), advantages.to(device))
+        examples = [{"input_ids": t.prompt_ids + t.response_ids, "loss_mask": [0] * len(t.prompt_ids) + t.loss_mask}
+                    for t in trajectories]  # fmt: skip
+        padded = {k: v.to(self.device) for k, v in pad_batch(examples, self.tokenizer.pad_token_id).items()}
+        return UpdateBatch(
+            padded["input_ids"], padded["attention_mask"], padded["loss_mask"], advantages.to(self.device)
+        )
 
     def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution."""
@@ -406,20 +401,6 @@ class GRPOModule(LightningModule):
         self.log("train/rollouts_per_update", float(len(flat)))
         self.log("train/generate_time", self._rollout_stats.generate_seconds)
         self.log("train/retrieve_time", self._rollout_stats.retrieve_seconds)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._export()
-
-    def on_train_end(self) -> None:
-        self._export()
-
-    @rank_zero_only
-    def _export(self) -> None:
-        if self.hparams.export_dir and self.policy is not None:
-            policy = self.policy
-            if hasattr(policy, "merge_and_unload"):  # LoRA: merge into a copy, the training model keeps its adapters
-                policy = copy.deepcopy(policy).merge_and_unload()
-            export_policy(policy, self.tokenizer, self.hparams.export_dir)
 
 
 def _with_lora(model, rank: int):

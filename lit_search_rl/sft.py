@@ -15,9 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
-from lit_search_rl.policy import export_policy, load_policy, load_tokenizer
+from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 
 
 def masked_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -34,7 +33,7 @@ def masked_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: t
     return (nll.view_as(mask) * mask).sum() / mask.sum().clamp(min=1)
 
 
-class SFTModule(LightningModule):
+class SFTModule(ExportsPolicy, LightningModule):
     """Supervised warm start of a search agent on expert trajectories.
 
     Args:
@@ -96,14 +95,3 @@ class SFTModule(LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self._export()  # a Hugging Face copy beside every Lightning checkpoint
-
-    def on_train_end(self) -> None:
-        self._export()
-
-    @rank_zero_only
-    def _export(self) -> None:
-        if self.hparams.export_dir and self.policy is not None:
-            export_policy(self.policy, self.tokenizer, self.hparams.export_dir)

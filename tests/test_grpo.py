@@ -188,7 +188,7 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, mo
     batch = random_batch(m, [[1, 0]], width=10)
     m.accumulate_gradients(batch)
     assert all(p.grad is None for n, p in m.policy.named_parameters() if "lora_" not in n)
-    m._export()
+    m.export()
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")

@@ -11,28 +11,13 @@ import json
 import random
 from pathlib import Path
 
-import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
 from lit_search_rl.io import read_jsonl
-from lit_search_rl.rollout.encoding import encode_prompt, encode_segments
-
-
-def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` / ``loss_mask`` lists into (B, T) tensors with an attention mask."""
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        input_ids[i, :n] = torch.tensor(e["input_ids"])
-        loss_mask[i, :n] = torch.tensor(e["loss_mask"])
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "loss_mask": loss_mask, "attention_mask": attention_mask}
+from lit_search_rl.rollout.encoding import encode_prompt, encode_segments, pad_batch
 
 
 class SFTDataModule(LightningDataModule):

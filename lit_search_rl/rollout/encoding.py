@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_search_rl.rollout.protocol import user_prompt
@@ -45,3 +46,17 @@ def encode_segments(
     ids.append(tokenizer.eos_token_id)
     mask.append(1)
     return ids, mask
+
+
+def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids`` / ``loss_mask`` lists into (B, T) tensors with an attention mask."""
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.tensor(e["input_ids"])
+        loss_mask[i, :n] = torch.tensor(e["loss_mask"])
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "loss_mask": loss_mask, "attention_mask": attention_mask}

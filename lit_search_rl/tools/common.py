@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -31,17 +32,11 @@ def make_parser(command: str, description: str) -> ArgumentParser:
 
 
 def run_tool(command: str, body: Callable[[Sequence[str]], None], argv: Sequence[str]) -> int:
-    """Run a tool's body and turn expected failures into a one-line message on stderr."""
+    """Run a tool's body and turn expected failures (bad options included) into a one-line message on stderr."""
     try:
         body(argv)
-    except (ToolError, ValueError, FileNotFoundError) as e:
+    except (ToolError, ValueError, FileNotFoundError, ArgumentError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception held
-        print(f"lit-search-rl {command}: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as e:  # argparse / jsonargparse parse errors
-        if type(e).__name__ != "ArgumentError":
-            raise
-        message = " ".join(str(e).split())
         print(f"lit-search-rl {command}: error: {message}", file=sys.stderr)
         return 2
     return 0
