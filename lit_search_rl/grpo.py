@@ -299,12 +299,16 @@ class GRPOModule(ExportsPolicy, LightningModule):
             padded["input_ids"], padded["attention_mask"], padded["loss_mask"], advantages.to(self.device)
         )
 
-    def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution."""
+    def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution.
+
+        The entropy (a full pass over the vocabulary) is only computed for the training pass; the
+        frozen old / reference logprobs, computed without gradients, return None for it.
+        """
         logits = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits[:, :-1]
         logp = logits.float().log_softmax(-1)  # (n, L-1, V)
         chosen = logp.gather(-1, batch.input_ids[rows, 1:, None])[..., 0]
-        entropy = -(logp.exp() * logp).sum(-1)
+        entropy = -(logp.exp() * logp).sum(-1).detach() if torch.is_grad_enabled() else None
         return chosen, entropy
 
     def update(self, batch: UpdateBatch) -> None:
