@@ -30,6 +30,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
+from lit_search_rl.distributed import (
+    all_ranks_true,
+    balanced_rows,
+    gather_shards,
+    rank_and_world,
+    shard,
+    sum_over_ranks,
+)
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
@@ -52,6 +60,12 @@ class UpdateBatch:
     advantages: torch.Tensor  # (N,)
     old_logprobs: torch.Tensor | None = None  # (N, L-1) logprob of token t+1 at position t
     ref_logprobs: torch.Tensor | None = None  # (N, L-1)
+    # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own).
+    num_tokens: float | None = None
+    num_seqs: int | None = None
+    # Data-parallel gradients are averaged over ranks; each rank's loss is scaled back up so the
+    # averaged gradient is the gradient of the whole batch's loss.
+    loss_scale: float = 1.0
 
 
 def open_retriever(spec: str) -> Retriever:
@@ -260,17 +274,23 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.log("train/drift_fraction", result.flips["drift"] / max(1, len(result.drawn)))
 
     def rollout(self, questions: list[QARecord]) -> list[list[Trajectory]]:
-        """K trajectories per question, as one batched agent loop; grouped by question."""
-        k = self.hparams.group_size
-        engine = HFEngine(self.policy, self.tokenizer, self._step_sampling())
-        agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
-        flat = agent.rollout([q.question for q in questions for _ in range(k)])
-        self._rollout_stats = agent.stats
-        return [flat[i * k : (i + 1) * k] for i in range(len(questions))]
+        """K trajectories per question, grouped by question, in the order of ``questions``.
 
-    def _step_sampling(self) -> SamplingConfig:
+        Every rank holds the same questions; each rolls out its shard as one batched agent loop,
+        and the groups are gathered so every rank returns all of them.
+        """
+        k = self.hparams.group_size
+        rank, world = rank_and_world()
+        mine = [questions[i] for i in shard(questions, rank, world)]
+        engine = HFEngine(self.policy, self.tokenizer, self._step_sampling(rank))
+        agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
+        flat = agent.rollout([q.question for q in mine for _ in range(k)])
+        self._rollout_stats = agent.stats
+        return gather_shards([flat[i * k : (i + 1) * k] for i in range(len(mine))], len(questions))
+
+    def _step_sampling(self, rank: int = 0) -> SamplingConfig:
         s = self.sampling
-        seed = None if s.seed is None else s.seed + 1000 * self.global_step
+        seed = None if s.seed is None else s.seed + 1000 * self.global_step + 7919 * rank
         return SamplingConfig(s.temperature, s.top_p, s.top_k, seed)
 
     def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:
@@ -287,17 +307,28 @@ class GRPOModule(ExportsPolicy, LightningModule):
     def make_update_batch(
         self, groups: list[list[Trajectory]], rewards: list[list[float]], chosen: list[int]
     ) -> UpdateBatch:
-        """Padded tensors and group-normalised advantages of the chosen groups."""
+        """Padded tensors and group-normalised advantages of this rank's share of the chosen groups.
+
+        Advantages and loss normalisers come from the whole effective batch. With several ranks
+        each takes every world-th trajectory and pads with fully masked rows to the same count.
+        """
         trajectories = [t for i in chosen for t in groups[i]]
         flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
         group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
         advantages = group_advantages(flat_rewards, group_ids, scale=self.hparams.advantage_scale)
         examples = [{"input_ids": t.prompt_ids + t.response_ids, "loss_mask": [0] * len(t.prompt_ids) + t.loss_mask}
                     for t in trajectories]  # fmt: skip
-        padded = {k: v.to(self.device) for k, v in pad_batch(examples, self.tokenizer.pad_token_id).items()}
+        num_tokens = float(sum(sum(e["loss_mask"][1:]) for e in examples))
+        rank, world = rank_and_world()
+        rows, padding = balanced_rows(len(examples), rank, world)
+        filler = {"input_ids": examples[0]["input_ids"], "loss_mask": [0] * len(examples[0]["input_ids"])}
+        local = [examples[i] for i in rows] + [filler] * padding
+        local_advantages = torch.cat([advantages[rows], torch.zeros(padding)])
+        padded = {k: v.to(self.device) for k, v in pad_batch(local, self.tokenizer.pad_token_id).items()}
         return UpdateBatch(
-            padded["input_ids"], padded["attention_mask"], padded["loss_mask"], advantages.to(self.device)
-        )
+            padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(self.device),
+            num_tokens=num_tokens, num_seqs=len(examples), loss_scale=float(world),
+        )  # fmt: skip
 
     def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution.
@@ -321,7 +352,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         for _ in range(self.hparams.update_epochs):
             optimizer.zero_grad(set_to_none=True)
             finite, totals = self.accumulate_gradients(batch)
-            if not finite or not self._gradients_finite():
+            # Every rank must take (or skip) the same step, or their weights part ways.
+            if not all_ranks_true(finite and self._gradients_finite()):
                 # Nothing of a non-finite step reaches the weights (or a checkpoint).
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
@@ -350,13 +382,18 @@ class GRPOModule(ExportsPolicy, LightningModule):
         """Micro-batched backward of the whole batch's loss; returns (loss finite, statistics).
 
         Micro-batch losses are normalised by whole-batch counts, so their gradients add up to
-        the gradient of the batch loss whatever ``micro_batch_size`` is.
+        the gradient of the batch loss whatever ``micro_batch_size`` is. A non-finite micro-batch
+        loss still goes through backward: every rank must run the same backward passes, since
+        each one all-reduces gradients; the non-finite gradient then makes the step skip.
         """
         h = self.hparams
         n = batch.input_ids.shape[0]
         mask = batch.loss_mask[:, 1:]  # (N, L-1): token t+1 is predicted at position t
-        norms = {"num_tokens": mask.sum(), "num_seqs": n, "horizon": self.rollout_config.max_total_tokens}
+        num_tokens = mask.sum().item() if batch.num_tokens is None else batch.num_tokens
+        num_seqs = n if batch.num_seqs is None else batch.num_seqs
+        norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": self.rollout_config.max_total_tokens}
         totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        finite = True
         for i in range(0, n, h.micro_batch_size):
             rows = slice(i, min(n, i + h.micro_batch_size))
             logprobs, entropy = self.token_logprobs(self.policy, batch, rows)
@@ -367,13 +404,12 @@ class GRPOModule(ExportsPolicy, LightningModule):
                                **norms)  # fmt: skip
                 loss = loss + h.kl_coef * kl
                 totals["kl"] += kl.item()
-            if not torch.isfinite(loss):
-                return False, totals
-            self._backward(loss)
+            finite = finite and bool(torch.isfinite(loss))
+            self._backward(loss * batch.loss_scale)
             totals["loss"] += loss.item()
-            totals["entropy"] += (entropy * mask[rows]).sum().item() / max(1, mask.sum().item())
-            totals["clip_fraction"] += stats["clip_fraction"].item() * (rows.stop - rows.start) / n
-        return True, totals
+            totals["entropy"] += (entropy * mask[rows]).sum().item() / max(1, num_tokens)
+            totals["clip_fraction"] += stats["clip_fraction"].item() * mask[rows].sum().item() / max(1, num_tokens)
+        return finite, sum_over_ranks(totals)
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self._trainer is None:  # used on its own (tests, notebooks)

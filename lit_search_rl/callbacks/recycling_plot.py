@@ -34,8 +34,13 @@ class RecyclingPlot(Callback):
                 if tag in metrics:
                     self.history.setdefault(tag, []).append((batch_idx, float(metrics[tag])))
 
-    @rank_zero_only
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # log_dir is a collective with several ranks: every rank asks, only rank zero draws.
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        self._draw(trainer, folder)
+
+    @rank_zero_only
+    def _draw(self, trainer: Trainer, folder: Path) -> None:
         if not self.history:
             return
         import matplotlib
@@ -54,7 +59,6 @@ class RecyclingPlot(Callback):
             ax.legend(fontsize=7, loc="best")
         axes[-1, 0].set_xlabel("step")
         figure.tight_layout()
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / self.filename, dpi=100)
         experiment = getattr(trainer.logger, "experiment", None)

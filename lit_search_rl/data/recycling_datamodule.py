@@ -22,6 +22,7 @@ from lit_search_rl.data.pool import Outcome, QueryPool
 from lit_search_rl.data.qa import QARecord, load_qa
 from lit_search_rl.data.recycling import StepResult, sampling_step
 from lit_search_rl.data.strategies import Strategy, make_strategy
+from lit_search_rl.distributed import check_identical, state_digest
 
 
 class _Steps(IterableDataset):
@@ -40,7 +41,8 @@ class RecyclingDataModule(LightningDataModule):
         exhaustion: When too few queries are active: ``reset`` (new epoch) or ``stop`` (end training with a message).
         batch_size: Signal groups per update (B); unset to take the module's ``batch_size``.
         oversample: Candidates per round as a multiple of B (k); unset to take the module's ``oversample``.
-        seed: Seed of the draws.
+        seed: Seed of the draws; the same on every rank, so every rank holds the same pool.
+        check_every: Steps between checks that every rank's pool is still identical (0: never; one rank: never).
     """
 
     def __init__(
@@ -53,16 +55,18 @@ class RecyclingDataModule(LightningDataModule):
         batch_size: int | None = None,
         oversample: int | None = None,
         seed: int = 0,
+        check_every: int = 1,
     ) -> None:
         super().__init__()
         self.train_path = Path(train)
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
-        self.exhaustion, self.seed = exhaustion, seed
+        self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
         self.batch_size, self.oversample = batch_size, oversample
         self.records: list[QARecord] = []
         self.pool: QueryPool | None = None
         self.strategy: Strategy | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._steps = 0
 
     def setup(self, stage: str) -> None:
         if self.pool is not None:
@@ -88,8 +92,21 @@ class RecyclingDataModule(LightningDataModule):
         return DataLoader(_Steps(), batch_size=None)
 
     def sampling_step(self, outcomes_of: Callable[[list[QARecord], np.ndarray], Sequence[Outcome]]) -> StepResult:
-        """Draw from the current pool, get each drawn question's outcome, fill the effective batch, report."""
-        return sampling_step(self.pool, self.strategy, lambda idx: outcomes_of([self.records[i] for i in idx], idx))
+        """Draw from the current pool, get each drawn question's outcome, fill the effective batch, report.
+
+        With several ranks, ``outcomes_of`` must return every drawn question's outcome on every
+        rank (the GRPO module gathers them), so the pools stay identical; this is checked every
+        ``check_every`` steps.
+        """
+        result = sampling_step(self.pool, self.strategy, lambda idx: outcomes_of([self.records[i] for i in idx], idx))
+        self._steps += 1
+        if self.check_every and self._steps % self.check_every == 0:
+            check_identical("the query pool", self.pool_digest())
+        return result
+
+    def pool_digest(self) -> str:
+        """A hash of the pool's mutable state (weights, history, counters, generator)."""
+        return state_digest({k: v for k, v in self.pool.state_dict().items() if k != "ids"})
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.state_dict()} if self.pool is not None else {}
