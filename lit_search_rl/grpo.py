@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lit_search_rl.data.eval_data import EvalBatch
 from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.distributed import (
@@ -38,6 +40,7 @@ from lit_search_rl.distributed import (
     shard,
     sum_over_ranks,
 )
+from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation, scalars
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
@@ -91,7 +94,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     Args:
         model: Folder or Hub name of the policy (``AutoModelForCausalLM``), e.g. the SFT export.
-        retriever: Index folder (``lit-search-rl index``) or URL of a Search-R1 retrieval server.
+        retriever: Index folder (``lit-search-rl index``) or URL of a Search-R1 retrieval server; unset when a
+            ``RetrieverService`` callback provides it.
         dtype: Parameter dtype.
         group_size: Rollouts per question (K); at least 2, or no group has a baseline.
         batch_size: Signal groups per update (B).
@@ -115,12 +119,13 @@ class GRPOModule(ExportsPolicy, LightningModule):
         rollout: Agent-loop limits (turns, tokens, queries, documents).
         sampling: Temperature, top-p, top-k and seed of rollouts.
         export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
+        evaluation: How ``validate``, ``test`` and validation during fit evaluate the agent (pass@k, judge).
     """
 
     def __init__(
         self,
         model: str,
-        retriever: str,
+        retriever: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         group_size: int = 4,
         batch_size: int = 8,
@@ -144,11 +149,13 @@ class GRPOModule(ExportsPolicy, LightningModule):
         rollout: RolloutConfig | None = None,
         sampling: SamplingConfig | None = None,
         export_dir: str | None = None,
+        evaluation: EvalConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.rollout_config = rollout or RolloutConfig()
         self.sampling = sampling or SamplingConfig()
+        self.evaluation = QAEvaluation(evaluation or EvalConfig())
         self._check_settings()
         self.automatic_optimization = False
         self.reward_fn = get_reward(reward)
@@ -157,6 +164,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.reference = None
         self.retriever: Retriever | None = None
         self.skipped_steps = 0
+        self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -201,7 +209,9 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.policy.train()
 
     def setup(self, stage: str) -> None:
-        if self.retriever is None:
+        if self.retriever is None:  # a RetrieverService callback may have set it already
+            if self.hparams.retriever is None:
+                raise ValueError("model.retriever is not set and no RetrieverService callback provides one")
             self.retriever = open_retriever(self.hparams.retriever)
 
     def teardown(self, stage: str) -> None:
@@ -279,10 +289,14 @@ class GRPOModule(ExportsPolicy, LightningModule):
         Every rank holds the same questions; each rolls out its shard as one batched agent loop,
         and the groups are gathered so every rank returns all of them.
         """
-        k = self.hparams.group_size
+        return self._rollout(questions, self.hparams.group_size, self._step_sampling)
+
+    def _rollout(
+        self, questions: list[QARecord], k: int, sampling: Callable[[int], SamplingConfig]
+    ) -> list[list[Trajectory]]:
         rank, world = rank_and_world()
         mine = [questions[i] for i in shard(questions, rank, world)]
-        engine = HFEngine(self.policy, self.tokenizer, self._step_sampling(rank))
+        engine = HFEngine(self.policy, self.tokenizer, sampling(rank))
         agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
         flat = agent.rollout([q.question for q in mine for _ in range(k)])
         self._rollout_stats = agent.stats
@@ -290,7 +304,10 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     def _step_sampling(self, rank: int = 0) -> SamplingConfig:
         s = self.sampling
-        seed = None if s.seed is None else s.seed + 1000 * self.global_step + 7919 * rank
+        # Seeded by training batch, not optimizer step: a step without signal takes no optimizer
+        # step, and must not replay the previous step's sampling noise. The count is checkpointed.
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped if self._trainer is not None else 0
+        seed = None if s.seed is None else s.seed + 1000 * step + 7919 * rank
         return SamplingConfig(s.temperature, s.top_p, s.top_k, seed)
 
     def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:
@@ -424,6 +441,55 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     def _gradients_finite(self) -> bool:
         return all(p.grad is None or torch.isfinite(p.grad).all() for p in self.policy.parameters())
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        """One batch of one evaluation dataset: a greedy rollout per question, and samples for pass@k."""
+        dataset, questions = batch
+        greedy = [g[0] for g in self._rollout(questions, 1, lambda rank: SamplingConfig(temperature=0.0))]
+        samples = None
+        if self.evaluation.config.n_samples:
+            cfg = self.evaluation.config
+            seed = cfg.seed + 1000 * batch_idx  # repeatable, and the same whatever ran before
+
+            def sampling(rank: int) -> SamplingConfig:
+                return SamplingConfig(cfg.temperature, seed=seed + 7919 * rank)
+
+            samples = self._rollout(questions, cfg.n_samples, sampling)
+        self.evaluation.add(dataset, questions, greedy, samples)
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluation.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluation.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, stage: str) -> None:
+        """Log ``<stage>/<dataset>/<metric>`` and write the results tables into the log folder."""
+        if not self.evaluation.results:
+            return
+        summary = self.evaluation.finish()
+        self.last_evaluation = summary
+        for name, value in scalars(stage, summary).items():
+            self.log(name, value, prog_bar=name == f"{stage}/avg/em")
+        if self.evaluation.config.tables:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
+            self._write_tables(summary, folder, f"{stage}-step{self.global_step}")
+
+    @rank_zero_only
+    def _write_tables(self, summary: dict, folder: Path, stem: str) -> None:
+        markdown, _ = self.evaluation.write(summary, folder, stem)
+        rank_zero_info(f"evaluation results: {markdown}")
 
     # -- logging and saving -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,20 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary sibling and rename it over ``path``, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)  # atomic on one file system, and replaces an existing file on Windows too
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def check_output_dir(out: Path, overwrite: bool, flag: str = "--out") -> None:

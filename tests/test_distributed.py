@@ -102,6 +102,7 @@ def test_two_process_fit_keeps_pools_identical_and_ranks_balanced(tmp_path: Path
         "--model.micro_batch_size", "3", "--model.rollout.max_turns", "2",
         "--model.rollout.max_new_tokens_per_turn", "8", "--model.learning_rate", "1e-3",
         "--model.export_dir", str(tmp_path / "export"), "--data.train", str(world_dir / "train.jsonl"),
+        "--data.val_sets", "[]", "--data.test_sets", "[]",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cli = Path(sys.executable).parent / "lit-search-rl"

@@ -129,6 +129,8 @@ def fit(
         "--model.rollout.max_new_tokens_per_turn", "8",
         "--model.export_dir", str(tmp_path / "export"),
         "--data.train", str(world_dir / "train.jsonl"),
+        "--data.val_sets", "[]", "--data.test_sets", "[]",
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
         *extra,
     ]  # fmt: skip
     return SearchRLCLI(args=args)
@@ -199,7 +201,8 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, mo
 def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, model_dir: Path, world_dir: Path,
                                                               bm25_dir: Path, coin_reward: None) -> None:  # fmt: skip
     recycling = "lit_search_rl.data.recycling_datamodule.RecyclingDataModule"
-    extra = ["--data", recycling, "--data.train", str(world_dir / "train.jsonl"), "--trainer.enable_checkpointing",
+    extra = ["--data", recycling, "--data.train", str(world_dir / "train.jsonl"), "--data.val_sets", "[]",
+             "--data.test_sets", "[]", "--trainer.enable_checkpointing",
              "true", "--trainer.default_root_dir", str(tmp_path / "root"),
              "--trainer.callbacks+=lit_search_rl.callbacks.recycling_plot.RecyclingPlot"]  # fmt: skip
     cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *extra)

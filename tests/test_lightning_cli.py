@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from lit_search_rl.data.eval_data import EvalDataModule
+from lit_search_rl.data.qa_datamodule import QADataModule
+from lit_search_rl.data.recycling_datamodule import RecyclingDataModule
 from lit_search_rl.data.sft import SFTDataModule
+from lit_search_rl.grpo import GRPOModule
 from lit_search_rl.sft import SFTModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +34,18 @@ def test_fit_help_documents_the_trainer_and_how_to_see_model_arguments() -> None
         assert option in result.stdout
 
 
-@pytest.mark.parametrize(("flag", "cls"), [("--model.help", SFTModule), ("--data.help", SFTDataModule)])
+@pytest.mark.parametrize(
+    ("flag", "cls"),
+    [
+        ("--model.help", SFTModule),
+        ("--data.help", SFTDataModule),
+        ("--model.help", GRPOModule),
+        ("--data.help", RecyclingDataModule),
+        ("--data.help", QADataModule),
+        ("--data.help", EvalDataModule),
+    ],
+    ids=lambda x: getattr(x, "__name__", x),
+)
 def test_every_init_argument_has_a_documented_help_line(flag: str, cls: type) -> None:
     result = run_cli("fit", flag, f"{cls.__module__}.{cls.__qualname__}")
     assert result.returncode == 0, result.stderr

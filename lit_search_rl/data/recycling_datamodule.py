@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from lightning import LightningDataModule
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_search_rl.data.eval_data import EvalDataModule
+from lit_search_rl.data.eval_sets import EvalSet
 from lit_search_rl.data.pool import Outcome, QueryPool
 from lit_search_rl.data.qa import QARecord, load_qa
 from lit_search_rl.data.recycling import StepResult, sampling_step
@@ -30,8 +32,8 @@ class _Steps(IterableDataset):
         return itertools.count()
 
 
-class RecyclingDataModule(LightningDataModule):
-    """Training questions in a weighted pool, drawn by a sampling strategy.
+class RecyclingDataModule(EvalDataModule):
+    """Training questions in a weighted pool, drawn by a sampling strategy, and evaluation sets.
 
     Args:
         train: FlashRAG JSON-lines file of training questions (unique ids).
@@ -43,6 +45,9 @@ class RecyclingDataModule(LightningDataModule):
         oversample: Candidates per round as a multiple of B (k); unset to take the module's ``oversample``.
         seed: Seed of the draws; the same on every rank, so every rank holds the same pool.
         check_every: Steps between checks that every rank's pool is still identical (0: never; one rank: never).
+        val_sets: Evaluation sources of validation during fit and of ``validate``.
+        test_sets: Evaluation sources of ``test``.
+        eval_batch_size: Questions per evaluation batch.
     """
 
     def __init__(
@@ -56,8 +61,11 @@ class RecyclingDataModule(LightningDataModule):
         oversample: int | None = None,
         seed: int = 0,
         check_every: int = 1,
+        val_sets: list[EvalSet] | None = None,
+        test_sets: list[EvalSet] | None = None,
+        eval_batch_size: int = 32,
     ) -> None:
-        super().__init__()
+        super().__init__(val_sets, test_sets, eval_batch_size)
         self.train_path = Path(train)
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
         self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
@@ -69,7 +77,8 @@ class RecyclingDataModule(LightningDataModule):
         self._steps = 0
 
     def setup(self, stage: str) -> None:
-        if self.pool is not None:
+        super().setup(stage)
+        if self.pool is not None or stage != "fit":
             return
         if not self.train_path.is_file():
             raise FileNotFoundError(f"data.train: {self.train_path} does not exist")
@@ -109,12 +118,18 @@ class RecyclingDataModule(LightningDataModule):
         return state_digest({k: v for k, v in self.pool.state_dict().items() if k != "ids"})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pool": self.pool.state_dict()} if self.pool is not None else {}
+        # Arrays go into the checkpoint as tensors: Lightning resumes with torch.load(weights_only=True),
+        # which refuses numpy arrays.
+        if self.pool is None:
+            return {}
+        return {"pool": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                         for k, v in self.pool.state_dict().items()}}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "pool" not in state_dict:
             return
+        state = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state_dict["pool"].items()}
         if self.pool is None:
-            self._pending_state = state_dict["pool"]  # applied in setup, once the pool exists
+            self._pending_state = state  # applied in setup, once the pool exists
         else:
-            self.pool.load_state_dict(state_dict["pool"])
+            self.pool.load_state_dict(state)

@@ -9,12 +9,12 @@ retried with exponential backoff a bounded number of times, then raise ``Retriev
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from lit_search_rl.http_retry import post_json
 from lit_search_rl.retrieval.base import Document, RetrievalError, Retriever
 
 
@@ -63,28 +63,8 @@ class HTTPRetriever(Retriever):
         return results
 
     def _post(self, payload: dict[str, Any]) -> Any:
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                response = self.session.post(self.url, json=payload, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if response.status_code >= 500:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code >= 400:
-                raise RetrievalError(f"retrieval server {self.url} refused the request: HTTP {response.status_code} "
-                                     f"{response.text[:300]}")  # fmt: skip
-            try:
-                return response.json()
-            except ValueError:
-                raise RetrievalError(f"retrieval server {self.url} answered with invalid JSON") from None
-        raise RetrievalError(
-            f"retrieval server {self.url} did not answer after {self.max_retries + 1} attempts ({last})"
-        )
+        return post_json(self.session, self.url, payload, what="retrieval server", error=RetrievalError,
+                         timeout=self.timeout, max_retries=self.max_retries, backoff=self.backoff)  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         """The server's ``/health`` answer; raises ``RetrievalError`` when it cannot be reached."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
@@ -35,7 +36,9 @@ def run_tool(command: str, body: Callable[[Sequence[str]], None], argv: Sequence
     """Run a tool's body and turn expected failures (bad options included) into a one-line message on stderr."""
     try:
         body(argv)
-    except (ToolError, ValueError, FileNotFoundError, ArgumentError) as e:
+    except (ToolError, ValueError, OSError, ArgumentError) as e:
+        if os.environ.get("LIT_SEARCH_RL_TRACEBACK"):
+            raise
         message = " ".join(str(e).split())  # one line, whatever the exception held
         print(f"lit-search-rl {command}: error: {message}", file=sys.stderr)
         return 2

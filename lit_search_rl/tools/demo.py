@@ -1,65 +1,163 @@
 """``lit-search-rl demo``: the main job on the embedded default, run by ``make demo``.
 
-Today it generates the synthetic world and the tiny model and prints what they hold and
-what to run next. Everything lands in one run folder (``runs/demo`` by default); each run
-replaces the world and the model in it.
+The whole pipeline, each stage the same command a user would run by hand:
+
+1. ``synth``: a synthetic world of fictional entities, passages and questions;
+2. ``tiny-model``: a tokenizer trained on the world and a tiny random Qwen3;
+3. ``index``: a BM25 index of the world's passages;
+4. ``fit --config configs/synthetic/sft.yaml``: supervised warm start on expert trajectories;
+5. ``test`` of the SFT policy on the held-out questions;
+6. ``fit --config configs/synthetic/grpo-recycle.yaml``: GRPO with query recycling;
+7. ``test`` of the GRPO policy;
+
+and a summary: test EM per question family before and after GRPO, and the recycling
+statistics at the end of training. Everything lands in one run folder (``runs/demo``).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from lit_search_rl.tools.common import make_parser
+from lit_search_rl.tools.common import ToolError, make_parser
+
+FAMILIES = ("chain", "iterative", "comparison")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the main job, chosen so that it runs in minutes on two CPU cores."""
+
+    sft_steps: int = 400
+    """Optimizer steps of the SFT warm start."""
+    grpo_steps: int = 60
+    """Training batches (rollout steps) of GRPO with recycling."""
+    max_hops: int = 3
+    """Longest relation chain of a question."""
+    num_test: int = 40
+    """Test questions per family."""
+
+
+def _configs() -> Path:
+    folder = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+    if not folder.is_dir():
+        raise ToolError(f"the demo needs the repository's configs folder ({folder}); run it from a clone")
+    return folder
+
+
+def _lightning(args: list[str]):
+    from lit_search_rl.lightning_cli import SearchRLCLI
+
+    return SearchRLCLI(args=args)
+
+
+def _eval_sets(world: Path) -> list[str]:
+    return [f'{{"path": "{world / "test" / f"{family}.jsonl"}"}}' for family in FAMILIES]
+
+
+def _test(out: Path, policy: Path, name: str, seed: int) -> dict[str, dict[str, float]]:
+    """``lit-search-rl test`` of ``policy`` on the test questions; the per-family summary."""
+    cli = _lightning([
+        "test", "--config", str(_configs() / "grpo-recycle.yaml"), f"--seed_everything={seed}",
+        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
+        f"--trainer.logger.init_args.name=test-{name}",
+        f"--model.init_args.model={policy}", f"--model.init_args.retriever={out / 'index'}",
+        f"--data.init_args.train={out / 'world' / 'train.jsonl'}", "--data.init_args.val_sets=[]",
+        "--data.init_args.test_sets=[" + ", ".join(_eval_sets(out / "world")) + "]",
+    ])  # fmt: skip
+    return cli.model.last_evaluation
+
+
+def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
+    """Run the main job into ``out``; returns the figures the summary prints."""
+    from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world
+    from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
+    from lit_search_rl.retrieval.index import build_index
+
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    world = WorldConfig(seed=seed, max_hops=settings.max_hops, num_sft=900, num_train=900, num_val=20,
+                        num_test=settings.num_test)  # fmt: skip
+    write_world(generate_world(world), out / "world", overwrite=True)
+    create_tiny_model(out / "world", out / "tiny-model", TinyModelConfig(seed=seed), overwrite=True)
+    build_index(out / "world" / "corpus.jsonl", out / "index", "bm25", progress=False, overwrite=True)
+    times["world, model, index"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _lightning([
+        "fit", "--config", str(_configs() / "sft.yaml"), f"--seed_everything={seed}",
+        f"--trainer.max_steps={settings.sft_steps}", "--trainer.limit_val_batches=0",
+        f"--trainer.logger.init_args.save_dir={out / 'logs'}",
+        f"--model.init_args.model={out / 'tiny-model'}", f"--model.init_args.export_dir={out / 'sft-model'}",
+        f"--data.init_args.world={out / 'world'}",
+    ])  # fmt: skip
+    times["SFT"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    before = _test(out, out / "sft-model", "sft", seed)
+    times["test SFT"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    grpo = _lightning([
+        "fit", "--config", str(_configs() / "grpo-recycle.yaml"), f"--seed_everything={seed}",
+        f"--trainer.limit_train_batches={settings.grpo_steps}", "--trainer.limit_val_batches=0",
+        f"--trainer.logger.init_args.save_dir={out / 'logs'}",
+        f"--model.init_args.model={out / 'sft-model'}", f"--model.init_args.retriever={out / 'index'}",
+        f"--model.init_args.export_dir={out / 'grpo-recycle-model'}", f"--model.init_args.sampling.seed={seed}",
+        f"--data.init_args.train={out / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
+        "--data.init_args.val_sets=[]", "--data.init_args.test_sets=[]",
+    ])  # fmt: skip
+    times["GRPO"] = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in grpo.trainer.callback_metrics.items() if k.startswith(("train/", "pool/"))}
+
+    start = time.perf_counter()
+    after = _test(out, out / "grpo-recycle-model", "grpo", seed)
+    times["test GRPO"] = time.perf_counter() - start
+    return {
+        "seed": seed, "before": before, "after": after, "times": times,
+        "recycling": {k: metrics.get(k) for k in ("train/recycled_fraction", "train/signal_fraction", "pool/consumed")},
+        "log_dir": str(grpo.trainer.log_dir), "global_step": grpo.trainer.global_step,
+    }  # fmt: skip
+
+
+def print_summary(result: dict, out: Path) -> None:
+    """The before/after table, the recycling figures, the times, and where the logs are."""
+    before, after = result["before"], result["after"]
+    print(
+        f"\nlit-search-rl demo (seed {result['seed']}): test exact match, SFT warm start vs after GRPO with recycling\n"
+    )
+    print(f"  {'family':<12} {'n':>4} {'SFT':>7} {'GRPO':>7} {'gain':>7}")
+    for family in (*FAMILIES, "avg"):
+        b, a = before[family]["em"], after[family]["em"]
+        print(f"  {family:<12} {int(after[family]['n']):>4} {b:>7.3f} {a:>7.3f} {a - b:>+7.3f}")
+    rec = result["recycling"]
+    print(f"\n  GRPO optimizer steps: {result['global_step']}; at the end: recycled share of the effective batch "
+          f"{rec['train/recycled_fraction'] or 0:.2f}, signal fraction {rec['train/signal_fraction'] or 0:.2f}, "
+          f"queries consumed {int(rec['pool/consumed'] or 0)}")  # fmt: skip
+    print("\n  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in result["times"].items()))
+    print(f"\n  TensorBoard: tensorboard --logdir {out / 'logs'}")
+    print(f"  recycling plot: {Path(result['log_dir']) / 'recycling.png'}")
+    print(f"  results tables: {out / 'logs'}/test-*/version_*/test-step0.md")
 
 
 def demo(argv: Sequence[str]) -> None:
-    """Generate the world and the tiny model into ``--out`` and print a summary."""
-    from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
-    from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world
-    from lit_search_rl.io import read_jsonl
-    from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
-
+    """Run the main job into ``--out`` and print a summary."""
     parser = make_parser("demo", "Run the main job on the embedded default (synthetic world, tiny model).")
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="Run folder; its world and model are replaced on every run."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the world and the model.")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="Run folder; replaced on every run.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the world, the model and training.")
+    parser.add_argument("--sft_steps", type=int, default=DemoSettings.sft_steps, help="SFT optimizer steps.")
+    parser.add_argument("--grpo_steps", type=int, default=DemoSettings.grpo_steps, help="GRPO rollout steps.")
+    parser.add_argument("--num_test", type=int, default=DemoSettings.num_test, help="Test questions per family.")
     args = parser.parse_args(list(argv))
-    out: Path = args.out
-
-    start = time.perf_counter()
-    world_dir, model_dir = out / "world", out / "tiny-model"
-    manifest = write_world(generate_world(WorldConfig(seed=args.seed)), world_dir, overwrite=True)
-    model = create_tiny_model(world_dir, model_dir, TinyModelConfig(seed=args.seed), overwrite=True)
-    elapsed = time.perf_counter() - start
-
-    counts = manifest["counts"]
-    print(f"\nlit-search-rl demo: done in {elapsed:.1f}s\n")
-    print(f"world       {world_dir}  ({counts['entities']} entities, {counts['passages']} passages)")
-    size = f"Qwen3, {model['parameters'] / 1e6:.2f}M parameters, vocabulary {model['vocab_size']}"
-    print(f"tiny model  {model_dir}  ({size})")
-    print("\nquestions by split and family (mean hops):")
-    print(f"  {'split':<8} {'chain':>12} {'iterative':>12} {'comparison':>12}")
-    for split in ("sft", "train", "val", "test"):
-        rows = []
-        for name in manifest["files"]:
-            if name == split or name.startswith(f"{split}/"):
-                rows += list(read_jsonl(world_dir / manifest["files"][name]))
-        n = Counter(r["family"] for r in rows)
-        hops = Counter()
-        for r in rows:
-            hops[r["family"]] += r["hops"]
-        cells = [f"{n[f]:>5} ({hops[f] / max(1, n[f]):.1f})" for f in ("chain", "iterative", "comparison")]
-        print(f"  {split:<8} " + " ".join(f"{c:>12}" for c in cells))
-
-    example = next(r for r in read_jsonl(world_dir / manifest["files"]["sft"]) if r["hops"] >= 2)
-    corpus = {r["id"]: r["contents"] for r in read_jsonl(world_dir / manifest["files"]["corpus"])}
-    print(f"\nan expert trajectory ({example['family']}, {example['hops']} hops):")
-    print(f"  Q: {example['question']}   gold: {example['golden_answers']}")
-    for text, trainable in render_trajectory(steps_from_rows(example["steps"]), gold_documents(corpus)):
-        for line in text.strip().splitlines():
-            print(f"  {'model' if trainable else 'env  '} | {line}")
-    print(f"\nnext: lit-search-rl fit --config configs/synthetic/sft.yaml   (manifest: {world_dir / 'world.json'})")
+    for name in ("sft_steps", "grpo_steps", "num_test"):
+        if getattr(args, name) < 1:
+            raise ToolError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    settings = DemoSettings(sft_steps=args.sft_steps, grpo_steps=args.grpo_steps, num_test=args.num_test)
+    started = time.perf_counter()
+    result = run_demo(args.out, args.seed, settings)
+    result["times"]["total"] = time.perf_counter() - started
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_summary(result, args.out)

@@ -1,0 +1,25 @@
+"""The main job's pipeline, end to end at a small size (the full ``make demo`` is timed in RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_search_rl.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_pipeline_runs_every_stage_and_prints_the_summary(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--sft_steps", "5", "--grpo_steps", "2", "--num_test", "3"]) == 0
+    printed = capsys.readouterr().out
+    for family in ("chain", "iterative", "comparison", "avg"):
+        assert family in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["before"]["avg"]["n"] == summary["after"]["avg"]["n"] == 9
+    assert (out / "sft-model" / "config.json").is_file() and (out / "grpo-recycle-model" / "config.json").is_file()
+    assert list((out / "logs").rglob("recycling.png"))
+    assert list((out / "logs").rglob("test-step0.md"))
