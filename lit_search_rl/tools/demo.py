@@ -31,14 +31,23 @@ FAMILIES = ("chain", "iterative", "comparison")
 class DemoSettings:
     """Sizes of the main job, chosen so that it runs in minutes on two CPU cores."""
 
-    sft_steps: int = 400
+    sft_steps: int = 300
     """Optimizer steps of the SFT warm start."""
+    sft_learning_rate: float = 3e-3
+    """Peak learning rate of the SFT warm start."""
     grpo_steps: int = 60
     """Training batches (rollout steps) of GRPO with recycling."""
+    grpo_learning_rate: float = 2e-4
+    """Learning rate of GRPO."""
     max_hops: int = 3
     """Longest relation chain of a question."""
     num_test: int = 40
     """Test questions per family."""
+    hidden_size: int = 128
+    """Width of the tiny model (narrower than the library default, for speed on two cores)."""
+    vocab_size: int = 8192
+    """Target vocabulary of the tiny tokenizer; large enough that every entity name word is one token, so
+    copying a name from the question or a passage is a two-token copy."""
 
 
 def _configs() -> Path:
@@ -61,7 +70,7 @@ def _eval_sets(world: Path) -> list[str]:
 def _test(out: Path, policy: Path, name: str, seed: int) -> dict[str, dict[str, float]]:
     """``lit-search-rl test`` of ``policy`` on the test questions; the per-family summary."""
     cli = _lightning([
-        "test", "--config", str(_configs() / "grpo-recycle.yaml"), f"--seed_everything={seed}",
+        "test", "--config", str(_configs() / "grpo-recycle.yaml"), f"--seed_everything={seed}", "--verbose=false",
         "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--trainer.logger.init_args.name=test-{name}",
         f"--model.init_args.model={policy}", f"--model.init_args.retriever={out / 'index'}",
@@ -82,7 +91,9 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     world = WorldConfig(seed=seed, max_hops=settings.max_hops, num_sft=900, num_train=900, num_val=20,
                         num_test=settings.num_test)  # fmt: skip
     write_world(generate_world(world), out / "world", overwrite=True)
-    create_tiny_model(out / "world", out / "tiny-model", TinyModelConfig(seed=seed), overwrite=True)
+    model = TinyModelConfig(seed=seed, hidden_size=settings.hidden_size, intermediate_size=3 * settings.hidden_size,
+                            vocab_size=settings.vocab_size)  # fmt: skip
+    create_tiny_model(out / "world", out / "tiny-model", model, overwrite=True)
     build_index(out / "world" / "corpus.jsonl", out / "index", "bm25", progress=False, overwrite=True)
     times["world, model, index"] = time.perf_counter() - start
 
@@ -90,6 +101,7 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     _lightning([
         "fit", "--config", str(_configs() / "sft.yaml"), f"--seed_everything={seed}",
         f"--trainer.max_steps={settings.sft_steps}", "--trainer.limit_val_batches=0",
+        f"--model.init_args.learning_rate={settings.sft_learning_rate}",
         f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--model.init_args.model={out / 'tiny-model'}", f"--model.init_args.export_dir={out / 'sft-model'}",
         f"--data.init_args.world={out / 'world'}",
@@ -107,6 +119,7 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
         f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--model.init_args.model={out / 'sft-model'}", f"--model.init_args.retriever={out / 'index'}",
         f"--model.init_args.export_dir={out / 'grpo-recycle-model'}", f"--model.init_args.sampling.seed={seed}",
+        f"--model.init_args.learning_rate={settings.grpo_learning_rate}",
         f"--data.init_args.train={out / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
         "--data.init_args.val_sets=[]", "--data.init_args.test_sets=[]",
     ])  # fmt: skip
