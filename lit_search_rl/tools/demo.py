@@ -37,7 +37,7 @@ class DemoSettings:
     """Peak learning rate of the SFT warm start."""
     grpo_steps: int = 60
     """Training batches (rollout steps) of GRPO with recycling."""
-    grpo_learning_rate: float = 2e-4
+    grpo_learning_rate: float = 5e-5
     """Learning rate of GRPO."""
     max_hops: int = 3
     """Longest relation chain of a question."""
