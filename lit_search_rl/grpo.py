@@ -11,7 +11,7 @@ One training step is one candidate batch of questions (``oversample * batch_size
 
 An empty effective batch takes no optimizer step. A non-finite loss skips the step and is
 counted. What this module leaves out on purpose: sampling strategies and the recycling pool
-(the data module's job), the vLLM engine and weight sync (callbacks).
+(the data module's job) and weight sync into vLLM (the ``VLLMWeightSync`` callback).
 
 Run: ``lit-search-rl fit --config configs/synthetic/grpo.yaml``.
 """
@@ -41,14 +41,16 @@ from lit_search_rl.distributed import (
     sum_over_ranks,
 )
 from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation, scalars
+from lit_search_rl.fsdp import copy_full_weights, is_sharded, shard_policy
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rewards import get_reward
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
 from lit_search_rl.rollout.encoding import pad_batch
-from lit_search_rl.rollout.engine import SamplingConfig
+from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
 GroupKind = Literal["signal", "too_easy", "too_hard"]
 
@@ -118,6 +120,9 @@ class GRPOModule(ExportsPolicy, LightningModule):
         lora_rank: LoRA rank through peft; 0 trains all weights.
         rollout: Agent-loop limits (turns, tokens, queries, documents).
         sampling: Temperature, top-p, top-k and seed of rollouts.
+        engine: Rollout engine: ``hf`` generates with the policy itself (transformers; CPU and small runs),
+            ``vllm`` with a colocated vLLM engine that the ``VLLMWeightSync`` callback keeps up to date.
+        vllm: Memory fraction, sleep mode, dtype and length settings of the vLLM engine.
         export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
         evaluation: How ``validate``, ``test`` and validation during fit evaluate the agent (pass@k, judge).
     """
@@ -148,6 +153,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         lora_rank: int = 0,
         rollout: RolloutConfig | None = None,
         sampling: SamplingConfig | None = None,
+        engine: Literal["hf", "vllm"] = "hf",
+        vllm: VLLMConfig | None = None,
         export_dir: str | None = None,
         evaluation: EvalConfig | None = None,
     ) -> None:
@@ -155,6 +162,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.save_hyperparameters()
         self.rollout_config = rollout or RolloutConfig()
         self.sampling = sampling or SamplingConfig()
+        self.vllm_config = vllm or VLLMConfig()
         self.evaluation = QAEvaluation(evaluation or EvalConfig())
         self._check_settings()
         self.automatic_optimization = False
@@ -163,6 +171,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.policy = None
         self.reference = None
         self.retriever: Retriever | None = None
+        self.rollout_engine: VLLMEngine | None = None  # the colocated vLLM engine, when engine is vllm
+        self._rollout_copy: torch.nn.Module | None = None  # generates for a sharded policy (hf engine)
         self.skipped_steps = 0
         self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
 
@@ -190,6 +200,10 @@ class GRPOModule(ExportsPolicy, LightningModule):
             raise ValueError(f"model.kl_coef must not be negative (got {h.kl_coef})")
         self.rollout_config.validate()
         self.sampling.validate()
+        if h.engine not in ("hf", "vllm"):
+            raise ValueError(f"model.engine must be hf or vllm (got {h.engine!r})")
+        if h.engine == "vllm":
+            self.vllm_config.validate()
 
     @property
     def candidates_per_step(self) -> int:
@@ -206,13 +220,31 @@ class GRPOModule(ExportsPolicy, LightningModule):
             self.policy = _with_lora(self.policy, self.hparams.lora_rank)
         if self.hparams.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
+            mesh = self.device_mesh["data_parallel"]
+            if self.reference is not None:
+                shard_policy(self.reference, mesh)
+            shard_policy(self.policy, mesh)
         self.policy.train()
 
     def setup(self, stage: str) -> None:
+        if self.hparams.engine == "vllm" and self.rollout_engine is None:
+            self._require_weight_sync(stage)
+            # After the strategy set up the process group: each rank gets its own colocated engine.
+            self.rollout_engine = VLLMEngine(
+                self.hparams.model, self.vllm_config, max_model_len=self.rollout_config.max_total_tokens
+            )
         if self.retriever is None:  # a RetrieverService callback may have set it already
             if self.hparams.retriever is None:
                 raise ValueError("model.retriever is not set and no RetrieverService callback provides one")
             self.retriever = open_retriever(self.hparams.retriever)
+
+    def _require_weight_sync(self, stage: str) -> None:
+        from lit_search_rl.callbacks.weight_sync import VLLMWeightSync
+
+        if stage == "fit" and not any(isinstance(c, VLLMWeightSync) for c in self.trainer.callbacks):
+            raise ValueError("model.engine is vllm but trainer.callbacks has no VLLMWeightSync: rollouts would keep "
+                             "sampling from the initial weights")  # fmt: skip
 
     def teardown(self, stage: str) -> None:
         if self.retriever is not None:
@@ -234,6 +266,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
     def training_step(self, batch: list[QARecord] | int, batch_idx: int) -> None:
         start = time.perf_counter()
         sampled = self.sample(batch)
+        if self.rollout_engine is not None:
+            self.rollout_engine.sleep()  # hand the engine's memory to the update (with sleep mode on)
         if sampled is None:
             return
         groups, rewards, kinds, chosen = sampled
@@ -296,11 +330,24 @@ class GRPOModule(ExportsPolicy, LightningModule):
     ) -> list[list[Trajectory]]:
         rank, world = rank_and_world()
         mine = [questions[i] for i in shard(questions, rank, world)]
-        engine = HFEngine(self.policy, self.tokenizer, sampling(rank))
+        engine = self._engine(sampling(rank))
         agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
         flat = agent.rollout([q.question for q in mine for _ in range(k)])
         self._rollout_stats = agent.stats
         return gather_shards([flat[i * k : (i + 1) * k] for i in range(len(mine))], len(questions))
+
+    def _engine(self, sampling: SamplingConfig) -> GenerationEngine:
+        if self.rollout_engine is not None:
+            self.rollout_engine.sampling = sampling
+            return self.rollout_engine
+        if not is_sharded(self.policy):
+            return HFEngine(self.policy, self.tokenizer, sampling)
+        # A sharded policy cannot generate rank by rank (each forward is a collective), so an
+        # unsharded copy gets the current weights and generates instead.
+        if self._rollout_copy is None:
+            self._rollout_copy = load_policy(self.hparams.model, self.hparams.dtype).to(self.device).eval()
+        copy_full_weights(self.policy, self._rollout_copy)
+        return HFEngine(self._rollout_copy, self.tokenizer, sampling)
 
     def _step_sampling(self, rank: int = 0) -> SamplingConfig:
         s = self.sampling

@@ -6,9 +6,9 @@ import copy
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_search_rl.distributed import rank_and_world
 from lit_search_rl.io import atomic_output_dir
 
 
@@ -25,16 +25,18 @@ def load_policy(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
 
 
-def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+def export_policy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, state: dict | None = None
+) -> None:
     """Save model and tokenizer to ``out`` in the Hugging Face layout, replacing it whole.
 
     A LoRA model is merged into a copy first, so the export loads anywhere and the model being
-    trained keeps its adapters.
+    trained keeps its adapters. ``state`` gives the full weights of a sharded model.
     """
-    if hasattr(model, "merge_and_unload"):
+    if state is None and hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
     with atomic_output_dir(out, overwrite=True, flag="export_dir") as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
 
 
@@ -51,8 +53,18 @@ class ExportsPolicy:
     def on_train_end(self) -> None:
         self.export()
 
-    @rank_zero_only
     def export(self) -> None:
-        """Save the policy to ``export_dir`` now; does nothing when it is unset."""
-        if self.hparams.export_dir and self.policy is not None:
-            export_policy(self.policy, self.tokenizer, self.hparams.export_dir)
+        """Save the policy to ``export_dir`` now (from rank zero); does nothing when it is unset.
+
+        Every rank must call it: a sharded policy is gathered first, one parameter at a time.
+        """
+        if not self.hparams.export_dir or self.policy is None:
+            return
+        from lit_search_rl.fsdp import is_sharded
+        from lit_search_rl.rollout.weights import iter_full_weights
+
+        state = None
+        if is_sharded(self.policy):
+            state = {name: value.cpu() for name, value in iter_full_weights(self.policy)}  # a collective
+        if rank_and_world()[0] == 0:
+            export_policy(self.policy, self.tokenizer, self.hparams.export_dir, state)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 
+from lit_search_rl.fsdp import shard_policy
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 
 
@@ -65,6 +66,8 @@ class SFTModule(ExportsPolicy, LightningModule):
         # Built here rather than in __init__ so that sharded strategies can wrap it; idempotent.
         if self.policy is None:
             self.policy = load_policy(self.hparams.model, self.hparams.dtype)
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
+                shard_policy(self.policy, self.device_mesh["data_parallel"])
             self.policy.train()  # from_pretrained returns eval mode
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

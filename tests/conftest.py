@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,15 @@ SMALL_WORLD = WorldConfig(
 SMALL_MODEL = TinyModelConfig(
     vocab_size=600, hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=128
 )
+
+
+@pytest.fixture
+def coin_reward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reward named ``coin`` that is 1 half of the time, so a random model still gets signal groups."""
+    from lit_search_rl.rewards import REWARDS
+
+    rng = random.Random(0)
+    monkeypatch.setitem(REWARDS, "coin", lambda answer, golds: float(rng.random() < 0.5))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning import Callback, LightningModule, Trainer
 
 from lit_search_rl.distributed import rank_and_world
+from lit_search_rl.fsdp import is_sharded
 from lit_search_rl.rewards import REWARDS
 
 _coin = random.Random(0)
@@ -44,13 +45,16 @@ class RankRecorder(Callback):
         rank, world = rank_and_world()
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"step": batch_idx, "world": world, "pool": trainer.datamodule.pool_digest(), "rows": self.rows,
-                  "global_step": trainer.global_step, "weights": _weights_digest(pl_module)}  # fmt: skip
+                  "global_step": trainer.global_step, "weights": _weights_digest(pl_module),
+                  "sharded": is_sharded(pl_module.policy)}  # fmt: skip
         self.rows = []
         with open(self.out / f"rank{rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
 def _weights_digest(pl_module) -> str:
+    """Digest of the full weights (gathered from shards under FSDP: every rank calls it)."""
     from lit_search_rl.distributed import state_digest
+    from lit_search_rl.rollout.weights import iter_full_weights
 
-    return state_digest({n: p for n, p in pl_module.policy.named_parameters()})
+    return state_digest(dict(iter_full_weights(pl_module.policy)))

@@ -88,12 +88,21 @@ def test_two_ranks_give_the_single_process_gradient(tmp_path: Path, model_dir: P
         torch.testing.assert_close(double[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+STRATEGIES = {
+    "ddp": ["--trainer.strategy", "ddp"],
+    # FSDP2: every decoder layer and the root sharded over the 2 ranks
+    "fsdp2": ["--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "2",
+              "--trainer.strategy.tensor_parallel_size", "1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_two_process_fit_keeps_pools_identical_and_ranks_balanced(tmp_path: Path, model_dir: Path, world_dir: Path,
-                                                                  bm25_dir: Path) -> None:  # fmt: skip
+                                                                  bm25_dir: Path, strategy: str) -> None:  # fmt: skip
     records = tmp_path / "records"
     args = [
         "fit", "--config", str(ROOT / "configs/synthetic/grpo-recycle.yaml"),
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.limit_train_batches", "3",
+        *STRATEGIES[strategy], "--trainer.devices", "2", "--trainer.limit_train_batches", "3",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
         "--trainer.callbacks+=tests.distributed_helpers.RankRecorder",
         f"--trainer.callbacks.init_args.out={records}",
@@ -110,6 +119,7 @@ def test_two_process_fit_keeps_pools_identical_and_ranks_balanced(tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [[json.loads(line) for line in (records / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 3 and ranks[0][0]["world"] == 2
+    assert ranks[0][0]["sharded"] == (strategy == "fsdp2")
     for a, b in zip(*ranks, strict=True):
         assert a["pool"] == b["pool"]  # same draws, same reports
         assert a["rows"] == b["rows"]  # same micro-steps on both ranks

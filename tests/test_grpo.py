@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_search_rl.grpo import GRPOModule, UpdateBatch, classify_group
 from lit_search_rl.lightning_cli import SearchRLCLI
 from lit_search_rl.losses import group_advantages
-from lit_search_rl.rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,13 +132,6 @@ def fit(
         *extra,
     ]  # fmt: skip
     return SearchRLCLI(args=args)
-
-
-@pytest.fixture
-def coin_reward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reward that is 1 half of the time, so a random model still gets signal groups."""
-    rng = random.Random(0)
-    monkeypatch.setitem(REWARDS, "coin", lambda answer, golds: float(rng.random() < 0.5))
 
 
 def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path,
