@@ -51,8 +51,15 @@ from lit_search_rl.rollout.encoding import pad_batch
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+from lit_search_rl.timing import PhaseTimer
 
 GroupKind = Literal["signal", "too_easy", "too_hard"]
+
+STEP_PHASES = ("generate", "retrieve", "rollout", "reward", "pool", "update_batch", "forward_backward", "optimizer",
+               "logging")  # fmt: skip
+"""Phases of a training step logged as ``time/<phase>``: ``rollout`` is the agent loop's own work besides
+generating and retrieving, ``pool`` the strategy's draws and reports, ``update_batch`` building the padded
+update tensors, ``logging`` the metric calls."""
 
 
 @dataclass
@@ -174,6 +181,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.rollout_engine: VLLMEngine | None = None  # the colocated vLLM engine, when engine is vllm
         self._rollout_copy: torch.nn.Module | None = None  # generates for a sharded policy (hf engine)
         self.skipped_steps = 0
+        self.timer = PhaseTimer()  # where each training step's time goes
+        self.step_rollouts = 0  # trajectories rolled out in the current training step
         self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
 
     # -- set-up -----------------------------------------------------------------------------
@@ -265,16 +274,21 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     def training_step(self, batch: list[QARecord] | int, batch_idx: int) -> None:
         start = time.perf_counter()
+        self.timer.reset()
+        self.step_rollouts = 0
         sampled = self.sample(batch)
         if self.rollout_engine is not None:
             self.rollout_engine.sleep()  # hand the engine's memory to the update (with sleep mode on)
         if sampled is None:
             return
         groups, rewards, kinds, chosen = sampled
-        self.log_rollouts(groups, rewards, kinds, chosen)
+        with self.timer("logging"):
+            self.log_rollouts(groups, rewards, kinds, chosen)
         if chosen:
-            self.update(self.make_update_batch(groups, rewards, chosen))
-        self.log("train/step_time", time.perf_counter() - start)
+            with self.timer("update_batch"):
+                batch = self.make_update_batch(groups, rewards, chosen)
+            self.update(batch)
+        self.log_step_time(time.perf_counter() - start)
 
     def sample(self, batch: list[QARecord] | int) -> tuple[list, list, list, list[int]] | None:
         """Roll out, score and classify the step's questions, and pick the effective batch.
@@ -298,13 +312,15 @@ class GRPOModule(ExportsPolicy, LightningModule):
             return [kind for *_, kind in drawn[-len(questions) :]]
 
         try:
-            result = datamodule.sampling_step(outcomes_of)
+            with self.timer("pool"):  # the strategy's draws, reports and picks; rollouts time themselves
+                result = datamodule.sampling_step(outcomes_of)
         except PoolExhausted as e:
             rank_zero_info(f"stopping: {e}")
             self.trainer.should_stop = True
             return None
         position = {pool_index: n for n, pool_index in enumerate(result.drawn)}
-        self.log_pool(datamodule.pool, result)
+        with self.timer("logging"):
+            self.log_pool(datamodule.pool, result)
         groups, rewards, kinds = (list(x) for x in zip(*drawn, strict=True))
         return groups, rewards, kinds, [position[i] for i in result.chosen]
 
@@ -323,7 +339,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         Every rank holds the same questions; each rolls out its shard as one batched agent loop,
         and the groups are gathered so every rank returns all of them.
         """
-        return self._rollout(questions, self.hparams.group_size, self._step_sampling)
+        with self.timer("rollout"):
+            return self._rollout(questions, self.hparams.group_size, self._step_sampling)
 
     def _rollout(
         self, questions: list[QARecord], k: int, sampling: Callable[[int], SamplingConfig]
@@ -333,7 +350,9 @@ class GRPOModule(ExportsPolicy, LightningModule):
         engine = self._engine(sampling(rank))
         agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
         flat = agent.rollout([q.question for q in mine for _ in range(k)])
-        self._rollout_stats = agent.stats
+        # The agent loop's own bookkeeping (parsing, token ids) stays booked as "rollout".
+        self.timer.add("generate", agent.stats.generate_seconds, within="rollout")
+        self.timer.add("retrieve", agent.stats.retrieve_seconds, within="rollout")
         return gather_shards([flat[i * k : (i + 1) * k] for i in range(len(mine))], len(questions))
 
     def _engine(self, sampling: SamplingConfig) -> GenerationEngine:
@@ -359,10 +378,11 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:
         """The configured reward of each trajectory, grouped like ``groups``."""
-        return [
-            [self.reward_fn(t.answer, q.golden_answers) for t in group]
-            for group, q in zip(groups, questions, strict=True)
-        ]
+        with self.timer("reward"):
+            return [
+                [self.reward_fn(t.answer, q.golden_answers) for t in group]
+                for group, q in zip(groups, questions, strict=True)
+            ]
 
     def pick_effective_batch(self, kinds: list[GroupKind]) -> list[int]:
         """Indices of at most ``batch_size`` signal groups, in draw order."""
@@ -409,27 +429,32 @@ class GRPOModule(ExportsPolicy, LightningModule):
     def update(self, batch: UpdateBatch) -> None:
         """``update_epochs`` optimizer steps over the batch; a step with a non-finite loss or gradient is skipped."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        # "Old" logprobs come from the policy before this batch's first update (PPO's pi_old).
-        batch.old_logprobs = self._frozen_logprobs(self.policy, batch)
-        if self.reference is not None:
-            batch.ref_logprobs = self._frozen_logprobs(self.reference, batch)
+        with self.timer("forward_backward"):
+            # "Old" logprobs come from the policy before this batch's first update (PPO's pi_old).
+            batch.old_logprobs = self._frozen_logprobs(self.policy, batch)
+            if self.reference is not None:
+                batch.ref_logprobs = self._frozen_logprobs(self.reference, batch)
         for _ in range(self.hparams.update_epochs):
-            optimizer.zero_grad(set_to_none=True)
-            finite, totals = self.accumulate_gradients(batch)
+            with self.timer("forward_backward"):
+                optimizer.zero_grad(set_to_none=True)
+                finite, totals = self.accumulate_gradients(batch)
             # Every rank must take (or skip) the same step, or their weights part ways.
             if not all_ranks_true(finite and self._gradients_finite()):
                 # Nothing of a non-finite step reaches the weights (or a checkpoint).
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
                 continue
-            if self.hparams.gradient_clip > 0:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm"
-                )
-            optimizer.step()
-            scheduler.step()
-            self.log_update({f"train/{name}": value for name, value in totals.items()})
-        self.log_update({"train/skipped_steps": float(self.skipped_steps)})
+            with self.timer("optimizer"):
+                if self.hparams.gradient_clip > 0:
+                    self.clip_gradients(
+                        optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm"
+                    )
+                optimizer.step()
+                scheduler.step()
+            with self.timer("logging"):
+                self.log_update({f"train/{name}": value for name, value in totals.items()})
+        with self.timer("logging"):
+            self.log_update({"train/skipped_steps": float(self.skipped_steps)})
 
     @rank_zero_only
     def log_update(self, metrics: dict[str, float]) -> None:
@@ -552,8 +577,18 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.log("train/response_length", sum(sum(t.loss_mask) for t in flat) / max(1, len(flat)))
         self.log("train/num_searches", sum(t.num_searches for t in flat) / max(1, len(flat)))
         self.log("train/rollouts_per_update", float(len(flat)))
-        self.log("train/generate_time", self._rollout_stats.generate_seconds)
-        self.log("train/retrieve_time", self._rollout_stats.retrieve_seconds)
+        self.step_rollouts = len(flat)  # read by the RolloutBudget callback
+
+    def log_step_time(self, seconds: float) -> None:
+        """``train/step_time`` and its breakdown ``time/<phase>``; ``time/other`` is the unbooked rest.
+
+        Every phase is logged every step (0 when absent), so no tag repeats a stale value.
+        """
+        self.log("train/step_time", seconds)
+        booked = dict(self.timer.seconds)
+        for phase in STEP_PHASES:
+            self.log(f"time/{phase}", booked.get(phase, 0.0))
+        self.log("time/other", seconds - sum(booked.values()))
 
 
 def _with_lora(model, rank: int):

@@ -143,6 +143,7 @@ def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Pat
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/reward_mean", "train/signal_fraction", "train/entropy", "train/step_time"} <= tags
+    assert {"time/generate", "time/retrieve", "time/forward_backward", "time/optimizer", "time/other"} <= tags
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
@@ -211,3 +212,17 @@ def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, mo
     state = torch.load(checkpoint, weights_only=False)
     saved = state["RecyclingDataModule"]["pool"]
     assert saved["counters"]["draws"] == 2 and list(saved["ids"]) == [r.id for r in dm.records]
+
+
+def test_rollout_budget_stops_training_at_the_step_that_crosses_it(tmp_path: Path, model_dir: Path,
+                                                                    world_dir: Path, bm25_dir: Path,
+                                                                    coin_reward: None) -> None:  # fmt: skip
+    from lit_search_rl.callbacks.rollout_budget import RolloutBudget
+
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, "--trainer.limit_train_batches", "10",
+              "--trainer.callbacks+=lit_search_rl.callbacks.rollout_budget.RolloutBudget",
+              "--trainer.callbacks.init_args.max_rollouts", "9")  # fmt: skip
+    budget = next(c for c in cli.trainer.callbacks if isinstance(c, RolloutBudget))
+    assert budget.total == 16  # 4 candidates x 2 rollouts per step: the second step crosses 9
+    assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
+    assert float(cli.trainer.callback_metrics["train/rollouts_total"]) == 16.0
