@@ -1,8 +1,9 @@
 # Quick start on a fresh machine:  make demo   and   make test
 # Both create .venv when it is missing. Installs skip byte-compiling (--no-compile): Python compiles
-# only the modules it imports, on first use, instead of all ~17,000 files of the environment. torch is installed first and pinned, so that a CPU
-# machine gets the CPU wheel instead of a multi-GB CUDA build; on a machine whose pip does
-# not find a CPU wheel by itself, pass e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
+# only the modules it imports, on first use, instead of all ~17,000 files of the environment.
+# torch is installed first and pinned, so that a CPU machine gets the CPU wheel instead of a
+# multi-GB CUDA build; on a machine whose pip does not find a CPU wheel by itself, pass e.g.
+# TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
 
 PYTHON ?= python3
 VENV ?= .venv

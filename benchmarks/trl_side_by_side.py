@@ -4,8 +4,10 @@ Run after ``make demo``, with TRL installed as a benchmark-only dependency:
 
     .venv/bin/pip install trl && .venv/bin/python benchmarks/trl_side_by_side.py
 
-The task is single-turn and without search: the demo's SFT model answers the world's training
-questions directly (one model turn), rewarded by exact match of its ``<answer>``. Both trainers
+The task is single-turn and without search: the demo's SFT model gets one turn per training
+question and is rewarded 1 when that turn gives an ``<answer>`` (the tiny model rarely gets a
+question right without searching, so exact match would leave every group without signal and
+both losses at zero). Both trainers
 see the same prompt ids (our chat-templated prompt), B questions x K samples per step, the same
 completion budget, temperature 1, learning rate and no KL.
 
@@ -44,12 +46,15 @@ def _prompts(run: Path, n: int) -> tuple[list[str], list[list[str]], object]:
     return texts, [list(r.golden_answers) for r in records], tokenizer
 
 
-def _em_reward(completions: list[str], golden: list[list[str]], **_) -> list[float]:
-    from lit_search_rl.rewards import get_reward
+def answered(answer: str | None, golden_answers) -> float:
+    """The task's reward (our signature): 1 when the turn gave an answer."""
+    return float(answer is not None)
+
+
+def _trl_reward(completions: list[str], **_) -> list[float]:
     from lit_search_rl.rollout.actions import extract_answer
 
-    em = get_reward("em")
-    return [em(extract_answer(c), g) for c, g in zip(completions, golden, strict=True)]
+    return [answered(extract_answer(c), None) for c in completions]
 
 
 def run_trl(args: argparse.Namespace, probe: bool) -> dict:
@@ -87,7 +92,7 @@ def run_trl(args: argparse.Namespace, probe: bool) -> dict:
         temperature=1.0, learning_rate=args.learning_rate, beta=0.0, loss_type=args.loss_type, seed=0,
         epsilon=0.2, scale_rewards="group", disable_dropout=True,
     )  # fmt: skip
-    trainer = Probe(model=load_policy(str(args.run / "sft-model")), reward_funcs=_em_reward, args=config,
+    trainer = Probe(model=load_policy(str(args.run / "sft-model")), reward_funcs=_trl_reward, args=config,
                     train_dataset=dataset, processing_class=tokenizer)  # fmt: skip
     start = time.perf_counter()
     trainer.train()
@@ -101,7 +106,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lit_search_rl.lightning_cli import SearchRLCLI
+    from lit_search_rl.rewards import register_reward
 
+    register_reward("answered", answered)
     texts, _, tokenizer = _prompts(args.run, 1)
     prompt_tokens = len(tokenizer(texts[0], add_special_tokens=False)["input_ids"])
     with tempfile.TemporaryDirectory() as logs:
@@ -111,7 +118,8 @@ def run_ours(args: argparse.Namespace) -> dict:
             f"--trainer.limit_train_batches={args.steps}", f"--trainer.logger.init_args.save_dir={logs}",
             f"--model.init_args.model={args.run / 'sft-model'}", f"--model.init_args.retriever={args.run / 'index'}",
             f"--model.init_args.group_size={args.group}", f"--model.init_args.batch_size={args.batch}",
-            "--model.init_args.oversample=1", f"--model.init_args.micro_batch_size={args.batch * args.group}",
+            "--model.init_args.oversample=1", "--model.init_args.reward=answered",
+            f"--model.init_args.micro_batch_size={args.batch * args.group}",
             f"--model.init_args.loss_agg={ {'dapo': 'token-mean', 'grpo': 'seq-mean-token-mean'}[args.loss_type]}",
             f"--model.init_args.learning_rate={args.learning_rate}", "--model.init_args.rollout.max_turns=1",
             f"--model.init_args.rollout.max_new_tokens_per_turn={args.new_tokens}", "--model.init_args.export_dir=null",
