@@ -8,7 +8,8 @@ Every run is ``lit-search-rl fit`` of ``configs/synthetic/grpo-recycle.yaml`` wi
 strategy changed, stopped by ``RolloutBudget`` after the same number of trajectories, validated
 every few steps on the world's val questions (EM against rollouts consumed), and then tested on
 the held-out test questions. Writes ``benchmarks/results/strategies.json``, one PNG per measure
-under ``benchmarks/results/``, and prints the tables for RESULTS.md.
+under ``benchmarks/results/``, and prints the tables for RESULTS.md. Finished runs (their logs
+under ``--out``) are read back instead of run again, so a sweep can be extended seed by seed.
 """
 
 from __future__ import annotations
@@ -69,11 +70,25 @@ def run_one(run: Path, out: Path, name: str, seed: int, budget: int, batch: int,
         f"--trainer.logger.init_args.name={name}-seed{seed}-test", f"--model.init_args.model={out / 'model'}",
         "--data.init_args.val_sets=[]", f"--data.init_args.test_sets={_eval_sets(run / 'world', 'test')}",
     ])  # fmt: skip
-    events = EventAccumulator(str(Path(fit.trainer.log_dir)))
+    del fit, test
+    return load_run(out, name, seed)
+
+
+def load_run(out: Path, name: str, seed: int) -> dict | None:
+    """A finished run read back from its logs (training scalars and the test table); None if unfinished."""
+    tables = sorted((out / "logs" / f"{name}-seed{seed}-test").glob("version_*/test-step*.csv"))
+    fits = sorted((out / "logs" / f"{name}-seed{seed}").glob("version_*"))
+    if not tables or not fits:
+        return None
+    test = {}
+    for line in tables[-1].read_text().splitlines()[1:]:
+        dataset, n, em, *_ = line.split(",")
+        test[dataset] = {"n": int(n), "em": float(em)}
+    events = EventAccumulator(str(fits[-1]))
     events.Reload()
     series = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    return {"strategy": name, "seed": seed, "test": test.model.last_evaluation, "series": series,
-            "optimizer_steps": fit.trainer.global_step}  # fmt: skip
+    steps = len(series.get("train/loss", []))
+    return {"strategy": name, "seed": seed, "test": test, "series": series, "optimizer_steps": steps}
 
 
 def summarize(run: dict, batch: int) -> dict[str, float]:
@@ -155,13 +170,14 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         for name in args.strategies:
-            start = time.perf_counter()
-            run = run_one(args.run, args.out / f"{name}-seed{seed}", name, seed, args.budget, args.batch,
-                          args.val_every)  # fmt: skip
-            run["seconds"] = time.perf_counter() - start
+            folder = args.out / f"{name}-seed{seed}"
+            run = load_run(folder, name, seed)  # a finished run of an earlier sweep is reused
+            if run is None:
+                start = time.perf_counter()
+                run = run_one(args.run, folder, name, seed, args.budget, args.batch, args.val_every)
+                run["seconds"] = time.perf_counter() - start
             runs.append(run)
-            print(f"{name} seed {seed}: test avg EM {run['test']['avg']['em']:.3f} in {run['seconds']:.0f}s",
-                  flush=True)  # fmt: skip
+            print(f"{name} seed {seed}: test avg EM {run['test']['avg']['em']:.3f}", flush=True)
     table: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         for label, value in summarize(run, args.batch).items():
