@@ -144,16 +144,7 @@ class VLLMEngine(GenerationEngine):
                 enable_prefix_caching=True,
                 **kwargs,
             )
-        self.eos_ids = self._eos_ids()
         self.asleep = False
-
-    def _eos_ids(self) -> set[int]:
-        tokenizer = self.llm.get_tokenizer()
-        ids = {tokenizer.eos_token_id}
-        generation = getattr(self.llm.llm_engine.model_config, "hf_config", None)
-        eos = getattr(generation, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, list) else [eos])
-        return {i for i in ids if i is not None}
 
     def _params(self, budget: int, stop: Sequence[str], seed: int | None) -> Any:
         from vllm import SamplingParams
