@@ -8,7 +8,9 @@ Every run is ``lit-search-rl fit`` of ``configs/synthetic/grpo-recycle.yaml`` wi
 strategy changed, stopped by ``RolloutBudget`` after the same number of trajectories, validated
 every few steps on the world's val questions (EM against rollouts consumed), and then tested on
 the held-out test questions. Writes ``benchmarks/results/strategies.json``, one PNG per measure
-under ``benchmarks/results/``, and prints the tables for RESULTS.md. Finished runs (their logs
+under ``benchmarks/results/``, and prints the tables for RESULTS.md. ``--train_questions N`` trains on
+a pool of N questions, small enough that the budget draws each several times (the paper's 84.5K
+trajectories over 10K queries draw each about twice). Finished runs (their logs
 under ``--out``) are read back instead of run again, so a sweep can be extended seed by seed.
 """
 
@@ -47,12 +49,12 @@ def _eval_sets(world: Path, split: str) -> str:
     return "[" + ", ".join(f'{{"path": "{world / split / f"{f}.jsonl"}"}}' for f in FAMILIES) + "]"
 
 
-def run_one(run: Path, out: Path, name: str, seed: int, budget: int, batch: int, val_every: int) -> dict:
+def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int, batch: int, val_every: int) -> dict:
     strategy, oversample, weight = STRATEGIES[name]
     logs = out / "logs"
     common = [f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
               f"--trainer.logger.init_args.save_dir={logs}", f"--model.init_args.retriever={run / 'index'}",
-              f"--data.init_args.train={run / 'world' / 'train.jsonl'}"]  # fmt: skip
+              f"--data.init_args.train={train}"]  # fmt: skip
     fit = SearchRLCLI(args=[
         "fit", "--config", str(ROOT / "configs/synthetic/grpo-recycle.yaml"), *common,
         f"--trainer.logger.init_args.name={name}-seed{seed}", "--trainer.limit_train_batches=100000",
@@ -162,11 +164,22 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=960, help="Trajectories per run.")
     parser.add_argument("--batch", type=int, default=4, help="B, signal groups per update.")
     parser.add_argument("--val_every", type=int, default=6, help="Validate every this many rollout steps.")
+    parser.add_argument("--train_questions", type=int, default=None,
+                        help="Train on the first N training questions only, so the pool is drawn several times over "
+                             "within the budget (default: all).")  # fmt: skip
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     for needed in ("sft-model", "index", "world"):
         if not (args.run / needed).exists():
             raise SystemExit(f"--run: {args.run / needed} is missing (run `make demo` first)")
+    train = args.run / "world" / "train.jsonl"
+    if args.train_questions is not None:
+        lines = train.read_text().splitlines()[: args.train_questions]
+        if len(lines) < args.train_questions:
+            raise SystemExit(f"--train_questions: {train} has only {len(lines)} questions")
+        train = args.out / f"train-{args.train_questions}.jsonl"
+        train.parent.mkdir(parents=True, exist_ok=True)
+        train.write_text("\n".join(lines) + "\n")
     runs = []
     for seed in args.seeds:
         for name in args.strategies:
@@ -174,7 +187,7 @@ def main() -> None:
             run = load_run(folder, name, seed)  # a finished run of an earlier sweep is reused
             if run is None:
                 start = time.perf_counter()
-                run = run_one(args.run, folder, name, seed, args.budget, args.batch, args.val_every)
+                run = run_one(args.run, train, folder, name, seed, args.budget, args.batch, args.val_every)
                 run["seconds"] = time.perf_counter() - start
             runs.append(run)
             print(f"{name} seed {seed}: test avg EM {run['test']['avg']['em']:.3f}", flush=True)

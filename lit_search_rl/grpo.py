@@ -70,7 +70,8 @@ class UpdateBatch:
     attention_mask: torch.Tensor  # (N, L)
     loss_mask: torch.Tensor  # (N, L) 1 on the model's own response tokens
     advantages: torch.Tensor  # (N,)
-    old_logprobs: torch.Tensor | None = None  # (N, L-1) logprob of token t+1 at position t
+    # (N, L-1) logprob of token t+1 at position t before the update; None: on-policy, the ratio is 1.
+    old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None  # (N, L-1)
     # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own).
     num_tokens: float | None = None
@@ -109,7 +110,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         group_size: Rollouts per question (K); at least 2, or no group has a baseline.
         batch_size: Signal groups per update (B).
         oversample: Candidate questions drawn per step, as a multiple of ``batch_size`` (k).
-        reward: Reward name from the registry (``em``, ``f1``, ``cover_em``).
+        reward: Reward name from the registry (``em``, ``f1``, ``cover_em``), or ``module:function`` of your own.
         advantage_scale: ``group`` (GRPO), ``batch``, or ``none`` (Dr. GRPO).
         loss_agg: Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm.
         clip_low: Lower clip of the ratio, 1 - clip_low.
@@ -123,6 +124,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         gradient_clip: Maximum gradient norm; 0 turns clipping off.
         micro_batch_size: Trajectories per forward/backward; must divide ``group_size * batch_size``.
         update_epochs: Passes over each effective batch, with the old logprobs kept from before the first.
+            One pass is on-policy (ratio 1), so it needs no separate old-logprob forward.
         gradient_checkpointing: Trade compute for memory in the policy's backward.
         lora_rank: LoRA rank through peft; 0 trains all weights.
         rollout: Agent-loop limits (turns, tokens, queries, documents).
@@ -431,7 +433,10 @@ class GRPOModule(ExportsPolicy, LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         with self.timer("forward_backward"):
             # "Old" logprobs come from the policy before this batch's first update (PPO's pi_old).
-            batch.old_logprobs = self._frozen_logprobs(self.policy, batch)
+            # With one pass the policy being trained is still pi_old: the training forward's own
+            # detached logprobs are exactly pi_old's, so the extra no-grad forward is skipped.
+            if self.hparams.update_epochs > 1:
+                batch.old_logprobs = self._frozen_logprobs(self.policy, batch)
             if self.reference is not None:
                 batch.ref_logprobs = self._frozen_logprobs(self.reference, batch)
         for _ in range(self.hparams.update_epochs):
@@ -486,7 +491,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         for i in range(0, n, h.micro_batch_size):
             rows = slice(i, min(n, i + h.micro_batch_size))
             logprobs, entropy = self.token_logprobs(self.policy, batch, rows)
-            loss, stats = policy_loss(logprobs, batch.old_logprobs[rows], batch.advantages[rows], mask[rows],
+            old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
+            loss, stats = policy_loss(logprobs, old, batch.advantages[rows], mask[rows],
                                       h.clip_low, h.clip_high, h.clip_c, h.loss_agg, **norms)  # fmt: skip
             if batch.ref_logprobs is not None:
                 kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs[rows], h.kl_estimator), mask[rows], h.loss_agg,

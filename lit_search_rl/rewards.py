@@ -6,6 +6,7 @@ whitespace collapsed), as FlashRAG and Search-R1 score. A trajectory without an 
 
 from __future__ import annotations
 
+import importlib
 import re
 import string
 from collections import Counter
@@ -76,7 +77,21 @@ def register_reward(name: str, fn: RewardFn) -> None:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as ``name``; a clear error naming the choices otherwise."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
-    return REWARDS[name]
+    """The reward registered as ``name``, or a function given by import path as ``module:function``.
+
+    The import path lets a config use a reward of the user's own without code that registers it
+    first (the training command may run in a fresh process). Errors name the reward and the choices.
+    """
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" not in name:
+        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))} "
+                         "or give a function as module:function")  # fmt: skip
+    module_name, _, attribute = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"reward {name!r} cannot be imported: {error}") from None
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is not a function of (answer, golden_answers)")
+    return fn

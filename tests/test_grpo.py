@@ -77,6 +77,22 @@ def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path,
             assert torch.allclose(g, whole[name], atol=1e-6, rtol=1e-4), (micro, name)
 
 
+def test_on_policy_pass_equals_a_frozen_old_logprob_pass(model_dir: Path, bm25_dir: Path) -> None:
+    # One update pass uses the training forward's own detached logprobs as pi_old: the same gradient
+    # as logprobs from a separate no-grad forward, without running that forward.
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4)
+    m.configure_model()
+    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
+    batch.old_logprobs = m._frozen_logprobs(m.policy, batch)
+    m.accumulate_gradients(batch)
+    frozen = grads(m)
+    m.policy.zero_grad(set_to_none=True)
+    batch.old_logprobs = None
+    m.accumulate_gradients(batch)
+    for name, g in grads(m).items():
+        assert torch.allclose(g, frozen[name], atol=1e-7, rtol=1e-5), name
+
+
 def test_zero_variance_groups_add_exactly_nothing(model_dir: Path, bm25_dir: Path) -> None:
     m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8)
     m.configure_model()
@@ -134,11 +150,22 @@ def fit(
     return SearchRLCLI(args=args)
 
 
+@pytest.mark.parametrize("update_epochs", [1, 2])
 def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path,
-                                                   coin_reward: None) -> None:  # fmt: skip
-    cli = fit(tmp_path, model_dir, world_dir, bm25_dir)
+                                                   coin_reward: None, monkeypatch: pytest.MonkeyPatch,
+                                                   update_epochs: int) -> None:  # fmt: skip
+    frozen_passes = []  # models that got a separate no-grad forward
+    original = GRPOModule._frozen_logprobs
+    monkeypatch.setattr(
+        GRPOModule,
+        "_frozen_logprobs",
+        lambda self, model, batch: frozen_passes.append(model) or original(self, model, batch),
+    )
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, "--model.update_epochs", str(update_epochs))
     m = cli.model
-    assert m.trainer.global_step >= 1 and m.skipped_steps == 0
+    assert m.trainer.global_step >= update_epochs and m.skipped_steps == 0
+    # One pass is on-policy and needs no old-logprob forward; more passes keep pi_old from before the first.
+    assert (m.policy in frozen_passes) == (update_epochs > 1)
     events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
     events.Reload()
     tags = set(events.Tags()["scalars"])

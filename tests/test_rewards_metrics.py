@@ -48,6 +48,16 @@ def test_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert get_reward("half_em")("a", ["a"]) == 0.5
 
 
+def test_reward_by_import_path() -> None:
+    assert get_reward("lit_search_rl.rewards:f1_score") is f1_score
+    with pytest.raises(ValueError, match="reward 'no_such_module:f' cannot be imported: No module named"):
+        get_reward("no_such_module:f")
+    with pytest.raises(ValueError, match="reward 'lit_search_rl.rewards:nope' cannot be imported"):
+        get_reward("lit_search_rl.rewards:nope")
+    with pytest.raises(ValueError, match="reward 'lit_search_rl.rewards:REWARDS' is not a function"):
+        get_reward("lit_search_rl.rewards:REWARDS")
+
+
 def test_metrics_accumulate_and_reset() -> None:
     em, f1 = ExactMatch(), F1()
     em.update(["Paris", "Rome", None], [["paris"], ["Milan"], ["x"]])
