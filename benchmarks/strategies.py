@@ -39,7 +39,7 @@ STRATEGIES = {
 MEASURES = {  # tag: (name in tables, how a run's series becomes one number)
     "train/signal_fraction": ("signal fraction", "mean"),
     "train/effective_batch_size": ("effective-batch fill", "fill"),
-    "train/recycled_fraction": ("recycled share (last quarter)", "last_quarter"),
+    "train/recycled_fraction": ("recycled share (second half)", "batch_share"),
     "train/recovery_fraction": ("recovery flips per drawn query", "mean"),
     "train/drift_fraction": ("drift flips per drawn query", "mean"),
 }
@@ -100,8 +100,10 @@ def summarize(run: dict, batch: int) -> dict[str, float]:
         values = series.get(tag, [0.0])
         if how == "fill":
             row[label] = statistics.mean(values) / batch
-        elif how == "last_quarter":
-            row[label] = statistics.mean(values[-max(1, len(values) // 4) :])
+        elif how == "batch_share":  # of the effective batches' groups over the second half of the steps
+            sizes = series["train/effective_batch_size"][len(values) // 2 :]
+            shares = values[len(values) // 2 :]
+            row[label] = sum(v * n for v, n in zip(shares, sizes, strict=True)) / max(1.0, sum(sizes))
         else:
             row[label] = statistics.mean(values)
     row["rollouts"] = series["train/rollouts_total"][-1]
