@@ -1,6 +1,9 @@
 # Quick start on a fresh machine:  make demo   and   make test
 # Both create .venv when it is missing. Installs skip byte-compiling (--no-compile): Python compiles
-# only the modules it imports, on first use, instead of all ~17,000 files of the environment.
+# only the modules it imports, on first use, instead of all ~17,000 files of the environment, and
+# keeps that bytecode under .venv/.pycache. Bytecode writing is turned on for the commands run here
+# even where PYTHONDONTWRITEBYTECODE is set, or every process (tests, the CLI, its children) would
+# compile torch, transformers and Lightning again from source.
 # torch is installed first and pinned, so that a CPU machine gets the CPU wheel instead of a
 # multi-GB CUDA build; on a machine whose pip does not find a CPU wheel by itself, pass e.g.
 # TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
@@ -11,6 +14,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 RUN_DIR ?= runs/demo
+export PYTHONDONTWRITEBYTECODE :=
+export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/.pycache
 PYTEST_ARGS ?=
 
 SMOLLM2_DIR ?= runs/smollm2-135m-instruct
