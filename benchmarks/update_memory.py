@@ -70,6 +70,8 @@ def main() -> None:
         results[setting] = json.loads(lines[-1][len("RESULT ") :])
     plain, ckpt = results["plain"]["gradient_norms"], results["checkpointing"]["gradient_norms"]
     worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain, ckpt, strict=True))
+    for r in results.values():
+        del r["gradient_norms"]  # compared above; the per-parameter lists are not a result
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({"rows": args.rows, "length": args.length, "gradient_norm_max_rel_diff": worst,
                                         **results}, indent=2) + "\n")  # fmt: skip
