@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lit_search_rl.evaluation.judge import JudgeConfig, LLMJudge, parse_verdict
+from tests.http_doubles import TricklingServer
 
 MODEL = "judge-model"
 
@@ -25,6 +26,7 @@ class ChatServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), ChatHandler)
         self.statuses: list[int] = []  # answered, in order, before any real verdict
+        self.bodies: list[bytes] = []  # raw 200 answers, in order, before any real verdict
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.lock = threading.Lock()
@@ -54,10 +56,16 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.server.requests.append(payload)
             self.server.headers_seen.append(dict(self.headers))
             status = self.server.statuses.pop(0) if self.server.statuses else 200
+            raw = self.server.bodies.pop(0) if self.server.bodies and status == 200 else None
         if self.path != "/v1/chat/completions":
             return self.reply(404, {"error": {"message": f"no route {self.path}"}})
         if status != 200:
             return self.reply(status, {"error": {"message": "overloaded\nplease retry"}})
+        if raw is not None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            return self.wfile.write(raw)
         if payload.get("model") != MODEL:
             return self.reply(404, {"error": {"message": f"The model `{payload.get('model')}` does not exist."}})
         messages = payload.get("messages")
@@ -135,16 +143,43 @@ def test_retries_after_503_and_429(server: ChatServer) -> None:
     assert len(server.requests) == 3
 
 
-def test_a_failing_server_gives_one_clear_error_after_bounded_retries(server: ChatServer) -> None:
-    server.statuses = [500] * 10
+@pytest.mark.parametrize(("status", "attempts"), [(502, 3), (503, 3), (504, 3), (500, 2)])
+def test_a_failing_server_gives_one_clear_error_after_bounded_retries(
+    server: ChatServer, status: int, attempts: int
+) -> None:
+    # A busy server (502-504) is asked again up to max_retries times; an internal error (500) once only.
+    server.statuses = [status] * 10
     judge = make_judge(server.url)
     start = time.monotonic()
     with pytest.raises(RuntimeError) as info:
         judge.judge("q", ["a"], "a")
     assert time.monotonic() - start < 2
     message = str(info.value)
-    assert f"judge server {server.url}/chat/completions did not answer after 3 attempts (HTTP 500" in message
-    assert "\n" not in message and len(server.requests) == 3
+    assert f"judge server {server.url}/chat/completions did not answer after {attempts} attempts (HTTP {status}" in (
+        message
+    )
+    assert "\n" not in message and len(server.requests) == attempts
+
+
+def test_a_trickling_server_fails_within_the_deadline() -> None:
+    # One byte every 0.2 s: a per-read timeout of 1 s would never fire.
+    with TricklingServer("body", interval=0.2, max_bytes=50).running() as slow:
+        judge = make_judge(f"http://127.0.0.1:{slow.port}/v1", timeout=1.0, max_retries=0)
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"after 1 attempt \(no complete answer within 1 s\)"):
+            judge.judge("q", ["a"], "a")
+        assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"choices": []}', b'{"choices": [{"message": {"content": null}}]}', b'["yes"]', b"<html>busy</html>"]
+)
+def test_a_malformed_answer_is_one_error_quoting_the_body(server: ChatServer, body: bytes) -> None:
+    server.bodies = [body]
+    judge = make_judge(server.url)
+    with pytest.raises(RuntimeError, match=r"judge server .* answered (without choices|with invalid JSON)") as info:
+        judge.judge("q", ["a"], "a")
+    assert body.decode()[:12] in str(info.value) and len(server.requests) == 1
 
 
 def test_connection_refused_is_a_clear_error() -> None:
@@ -154,7 +189,7 @@ def test_connection_refused_is_a_clear_error() -> None:
     judge = make_judge(f"http://127.0.0.1:{port}/v1")
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=rf"judge server http://127\.0\.0\.1:{port}/v1/chat/completions did not "
-                       r"answer after 3 attempts \(ConnectionError"):  # fmt: skip
+                       r"answer after 3 attempts \(ConnectionError.*Connection refused\)$"):  # fmt: skip
         judge.judge("q", ["a"], "a")
     assert time.monotonic() - start < 5
 

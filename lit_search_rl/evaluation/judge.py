@@ -15,10 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-
-from lit_search_rl.http_retry import post_json
+from lit_search_rl.http_retry import new_session, post_json
 
 PROMPT = """You grade answers to questions. Decide whether the predicted answer means the same as one of the
 reference answers (a different wording, alias or format of the same answer counts; a different or vaguer answer
@@ -32,7 +29,7 @@ Is the predicted answer correct? Reply with one word: yes or no."""
 """The judge's instruction; ``{question}``, ``{answers}`` (joined by `` | ``) and ``{prediction}`` are filled in."""
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)  # reasoning models may think before the verdict
-_RETRY_STATUS = {429}  # plus every 5xx
+_RETRY_STATUS = {429}  # besides 502, 503 and 504; a 500 is asked again once
 
 
 @dataclass
@@ -46,9 +43,10 @@ class JudgeConfig:
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (sent as a bearer token); unset for no key."""
     timeout: float = 60.0
-    """Seconds to wait for each answer."""
+    """Seconds for each request, from connecting to the last byte of the answer."""
     max_retries: int = 3
-    """Further attempts after a connection error, timeout, 429 or 5xx answer."""
+    """Further attempts after a connection error or a 429, 502, 503 or 504 answer (a 500 or a request past its
+    deadline is asked again once at most)."""
     backoff: float = 1.0
     """Seconds before the first retry; doubled for each next one."""
     max_concurrency: int = 8
@@ -99,10 +97,7 @@ class LLMJudge:
         self.requests = 0
         """Verdicts asked for (retries not counted)."""
         self._lock = threading.Lock()
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrency, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = new_session(pool_maxsize=config.max_concurrency)
 
     def judge(self, question: str, golden_answers: Sequence[str], prediction: str | None) -> bool:
         """Whether ``prediction`` answers ``question`` as one of ``golden_answers`` does; no prediction is False."""
@@ -140,20 +135,25 @@ class LLMJudge:
             "temperature": 0.0,
             "max_tokens": self.config.max_tokens,
         }
-        answer = self._post(payload)
-        try:
-            content = answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
-            raise RuntimeError(f"judge server {self.endpoint} answered without choices[0].message.content")
-        return content
+        return self._post(payload)
 
-    def _post(self, payload: dict[str, Any]) -> Any:
+    def _post(self, payload: dict[str, Any]) -> str:
         return post_json(self.session, self.endpoint, payload, what="judge server", error=RuntimeError,
                          timeout=self.config.timeout, max_retries=self.config.max_retries,
-                         backoff=self.config.backoff, headers=self.headers, retry_statuses=_RETRY_STATUS)  # fmt: skip
+                         backoff=self.config.backoff, headers=self.headers, retry_statuses=_RETRY_STATUS,
+                         parse=_content)  # fmt: skip
 
     def close(self) -> None:
         """Close the connection pool."""
         self.session.close()
+
+
+def _content(answer: Any) -> str:
+    """The reply text of a chat-completions answer; ``ValueError`` when the answer has none."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise ValueError("without choices[0].message.content")
+    return content

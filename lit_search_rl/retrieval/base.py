@@ -4,13 +4,19 @@ A retriever answers a whole batch of queries in one call (the agent loop sends o
 turn for all trajectories). ``search`` checks the arguments once for every backend: ``k <= 0``
 is an error, ``k`` above the backend's cap is capped (and said once), and an empty query gets
 an empty result without reaching the backend.
+
+Work on a request can be stopped part way: ``stop_when(check)`` installs a check that the slow
+steps of a backend (each encoder batch of a dense index) call through ``raise_if_stopped``; the
+server uses it to stop a search whose client has gone or whose time is up.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +27,32 @@ DEFAULT_MAX_K = 100
 
 class RetrievalError(RuntimeError):
     """Retrieval failed for a reason the caller cannot fix by retrying (bad index, server gone)."""
+
+
+class SearchStopped(RetrievalError):
+    """A search was stopped part way by the check of ``stop_when`` (its client left, or its time was up)."""
+
+
+_stop_check: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar(
+    "retrieval_stop_check", default=None
+)
+
+
+@contextmanager
+def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
+    """Within the block, ``raise_if_stopped`` raises ``SearchStopped(reason)`` once ``check()`` returns a reason."""
+    token = _stop_check.set(check)
+    try:
+        yield
+    finally:
+        _stop_check.reset(token)
+
+
+def raise_if_stopped() -> None:
+    """Raise ``SearchStopped`` if the check installed by ``stop_when`` says to stop; backends call it between steps."""
+    check = _stop_check.get()
+    if check is not None and (reason := check()) is not None:
+        raise SearchStopped(reason)
 
 
 @dataclass(frozen=True)

