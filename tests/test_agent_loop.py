@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN, information_block
-from lit_search_rl.rollout.protocols import ToolCallProtocol
+from lit_search_rl.rollout.protocols import TagProtocol, ToolCallProtocol
 
 
 class ScriptedEngine(GenerationEngine):
@@ -229,3 +230,80 @@ def test_tool_call_parsing() -> None:
     assert protocol.parse('<tool_call>{"name": "calculator", "arguments": {"x": 1}}</tool_call>', 3).kind == "invalid"
     assert protocol.parse(f"<think>{call}</think>", 3).kind == "invalid"
     assert protocol.parse("<answer> x </answer>", 3).answer == "x"
+
+
+def short_context_model(model_dir: Path, positions: int):
+    """The tiny model's architecture and tokenizer with only ``positions`` positions, as a real model's limit."""
+    from dataclasses import replace
+
+    from lit_search_rl.models.tiny import build_model
+    from tests.conftest import SMALL_MODEL
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # fresh: transformers warns once per tokenizer
+    tokenizer.model_max_length = positions
+    return build_model(replace(SMALL_MODEL, max_position_embeddings=positions), tokenizer), tokenizer
+
+
+class Records(logging.Handler):
+    """The records transformers logs (its own logger does not propagate to pytest's)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_context_length_cuts_long_information_without_a_warning(model_dir: Path, retriever) -> None:
+    records = Records()
+    logging.getLogger("transformers").addHandler(records)
+    try:
+        run_long_information(model_dir, retriever, records)
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+
+
+def run_long_information(model_dir: Path, retriever, records: Records) -> None:
+    model, tokenizer = short_context_model(model_dir, 300)
+    script = {"Q?": ["<search> festival | born | city </search>", "<answer> x </answer>"]}
+    engine = ScriptedEngine(tokenizer, script)
+    config = RolloutConfig(max_total_tokens=2048, max_information_tokens=4096)
+    agent = AgentLoop(engine, retriever, tokenizer, config, context_length=model.config.max_position_embeddings)
+    [t] = agent.rollout(["Q?"])
+    # The information block would pass the model's 300 positions: the trajectory ends there, cut and counted.
+    assert t.finish_reason == "length" and t.length <= 300 and t.num_searches == 3 and t.answer is None
+    assert not [m for m in records.messages if "sequence length" in m]
+    # The configured limit still wins where it is the smaller one.
+    agent = AgentLoop(ScriptedEngine(tokenizer, script), retriever, tokenizer,
+                      RolloutConfig(max_total_tokens=200, max_information_tokens=4096), context_length=300)  # fmt: skip
+    assert agent.max_length == 200
+
+
+def test_generation_stops_at_the_models_context_length(model_dir: Path, retriever) -> None:
+    prompt = len(TagProtocol().prompt_ids(AutoTokenizer.from_pretrained(model_dir), "Q?", 3))
+    model, tokenizer = short_context_model(model_dir, prompt + 20)
+    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0))
+    config = RolloutConfig(max_turns=3, max_new_tokens_per_turn=64)
+    agent = AgentLoop(engine, retriever, tokenizer, config, context_length=model.config.max_position_embeddings)
+    trajectories = agent.rollout(["Q?"] * 4)
+    assert all(t.length <= prompt + 20 for t in trajectories)
+    assert any(t.finish_reason == "length" for t in trajectories)  # a random model rarely ends a turn by itself
+    # Without the limit the same model writes past its positions.
+    unlimited = AgentLoop(HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)), retriever, tokenizer,
+                          config).rollout(["Q?"] * 4)  # fmt: skip
+    assert any(t.length > prompt + 20 for t in unlimited)
+
+
+def test_the_policy_rolls_out_within_its_own_context_length(model_dir: Path, bm25_dir: Path) -> None:
+    from lit_search_rl.data.qa import QARecord
+    from lit_search_rl.grpo import GRPOModule
+
+    prompt = len(TagProtocol().prompt_ids(AutoTokenizer.from_pretrained(model_dir), "Q?", 3))
+    m = GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1, micro_batch_size=2,
+                   rollout=RolloutConfig(max_turns=2, max_new_tokens_per_turn=64, max_total_tokens=2048))  # fmt: skip
+    m.configure_model()
+    m.setup("validate")
+    m.policy.config.max_position_embeddings = prompt + 16  # as a model built for a short context
+    [group] = m._rollout([QARecord("q", "Q?", ("x",))], 2, lambda rank: SamplingConfig(temperature=1.0, seed=1))
+    assert all(t.length <= prompt + 16 for t in group) and any(t.finish_reason == "length" for t in group)

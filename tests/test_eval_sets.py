@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,7 +72,9 @@ def test_questions_from_the_prompt_and_answers_from_the_target(tmp_path: Path) -
         assert [(r.question, r.golden_answers) for r in bare[source]] == [
             (r.question.strip(), r.golden_answers) for r in full[source]
         ]
-        assert all(r.id.isdigit() for r in bare[source])  # without an id column: the row number from 0
+        # Without an id column: the file's stem and the row number in the file.
+        assert all(re.fullmatch(r"stripped-\d+", r.id) for r in bare[source])
+    assert sorted(int(r.id.split("-")[1]) for rs in bare.values() for r in rs) == list(range(1, 113))
 
 
 def test_string_target_and_a_prompt_without_marker(tmp_path: Path) -> None:
@@ -129,7 +132,7 @@ def test_json_array_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "message"),
     [({"id": "x", "golden_answers": ["a"]}, "row 3 has no 'question'"),
-     ({"id": "x", "question": "q", "golden_answers": []}, "row 3 has no 'golden_answers'")],
+     ({"id": "x", "question": "q", "golden_answers": []}, "row 3: 'golden_answers' has no answer")],
 )  # fmt: skip
 def test_bad_jsonl_row_names_file_and_row(tmp_path: Path, row: dict, message: str) -> None:
     path = tmp_path / "bad.jsonl"
@@ -211,3 +214,121 @@ def test_hub_without_network_fails_clearly() -> None:
         pytest.skip("the Hub is not in offline mode here; a real download would be attempted")
     with pytest.raises(RuntimeError, match=f"eval set 'popqa': cannot load {HUB_REPO} 'popqa' split 'test'"):
         load_eval_sets([EvalSet(hub="popqa")])
+
+
+def write_lines(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_authors_answer_fields_and_layouts(tmp_path: Path) -> None:
+    # R1-Searcher's sets: a lone answer string, no id.
+    r1 = write_lines(tmp_path / "bamboogle.jsonl", [{"question": "Who was president when X?", "answer": "Lincoln"},
+                                                    {"question": "Which year?", "answer": "1861"}])  # fmt: skip
+    # NQ-open: the answers as a list, no id.
+    nq = write_lines(tmp_path / "NQ-open.dev.jsonl", [{"question": "where is paris", "answer": ["France", "FR"]}])
+    # HotpotQA: one JSON array, `_id`, a lone answer string and bulky context.
+    hotpot = tmp_path / "hotpot_dev_distractor_v1.json"
+    hotpot.write_text(json.dumps([{"_id": "5a8b57f2", "question": "Were A and B of the same nationality?",
+                                   "answer": "yes", "type": "comparison", "context": [["A", ["text"]]]}]))  # fmt: skip
+    # `answers` and `target`, as other converters write them; a JSON array in a `.jsonl` file.
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps([{"id": 7, "question": "q1?", "answers": ["a1"]}, {"question": "q2?", "target": "a2"}]))
+    datasets = load_eval_sets([EvalSet(path=str(p)) for p in (r1, nq, hotpot, other)])
+    assert [(r.id, r.question, r.golden_answers) for r in datasets["bamboogle"]] == [
+        ("bamboogle-1", "Who was president when X?", ("Lincoln",)),
+        ("bamboogle-2", "Which year?", ("1861",)),
+    ]
+    assert [(r.id, r.golden_answers) for r in datasets["NQ-open.dev"]] == [("NQ-open.dev-1", ("France", "FR"))]
+    [h] = datasets["hotpot_dev_distractor_v1"]
+    assert (h.id, h.golden_answers, dict(h.extra)["type"]) == ("5a8b57f2", ("yes",), "comparison")
+    assert [(r.id, r.golden_answers) for r in datasets["other"]] == [("7", ("a1",)), ("other-2", ("a2",))]
+    # The ids are stable: loading again gives the same ones.
+    assert [r.id for r in load_eval_set(EvalSet(path=str(r1)))["bamboogle"]] == ["bamboogle-1", "bamboogle-2"]
+
+
+def test_explicit_field_mapping(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "custom.jsonl", [{"qid": "c1", "query": "q?", "gold": {"aliases": ["x", "y"]}}])
+    [record] = load_eval_set(EvalSet(path=str(path), question_field="query", answers_field="gold.aliases",
+                                     id_field="qid"))["custom"]  # fmt: skip
+    assert (record.id, record.question, record.golden_answers) == ("c1", "q?", ("x", "y"))
+    assert "query" not in dict(record.extra) and "qid" not in dict(record.extra)
+    with pytest.raises(ValueError, match=r"custom\.jsonl: row 1 has no 'question'"):
+        load_eval_set(EvalSet(path=str(path)))
+    with pytest.raises(ValueError, match=r"custom\.jsonl: row 1 has no 'label'"):
+        load_eval_set(EvalSet(path=str(path), question_field="query", answers_field="label"))
+    parquet = write_parquet(tmp_path / "custom.parquet", [{"query": "pq?", "gold": ["z"], "key": "k1"}])
+    [record] = load_eval_set(EvalSet(path=str(parquet), question_field="query", answers_field="gold",
+                                     id_field="key"))["custom"]  # fmt: skip
+    assert (record.id, record.question, record.golden_answers) == ("k1", "pq?", ("z",))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_one_rule_for_answers_in_json_lines_and_parquet(tmp_path: Path, suffix: str) -> None:
+    rows = [{"question": "a?", "answer": " Paris "}, {"question": "b?", "answer": "Rome"}]
+    path = tmp_path / f"same{suffix}"
+    write_parquet(path, rows) if suffix == ".parquet" else write_lines(path, rows)
+    assert [r.golden_answers for r in load_eval_set(EvalSet(path=str(path)))["same"]] == [("Paris",), ("Rome",)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [({"text": "x"}, r"row 2: 'answer' is not a string or a list of strings"),
+     ([], r"row 2: 'answer' has no answer"),
+     (None, r"row 2 has no golden answers")],
+)  # fmt: skip
+def test_bad_answer_field_names_file_row_and_field(tmp_path: Path, answer, message: str) -> None:
+    path = write_lines(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}, {"question": "q", "answer": answer}])
+    with pytest.raises(ValueError, match=rf"bad\.jsonl: {message}"):
+        load_eval_sets([EvalSet(path=str(path))])
+
+
+@pytest.mark.parametrize(
+    ("truth", "expected"),
+    [("Paris", ("Paris",)),
+     ('["Paris", "City of Light"]', ("Paris", "City of Light")),
+     ('{"target": ["Paris"]}', ("Paris",)),
+     ('{"target": "Paris"}', ("Paris",)),
+     ('"Paris"', ("Paris",)),
+     ("1984", ("1984",))],
+)  # fmt: skip
+def test_deepresearcher_string_ground_truth(tmp_path: Path, truth: str, expected: tuple) -> None:
+    # DeepResearcher writes Search-R1's layout with reward_model.ground_truth as a (JSON-encoded) string.
+    row = search_r1_row("Where is the Louvre?", None)
+    row["reward_model"] = {"ground_truth": truth, "style": "rule"}
+    datasets = load_eval_sets([EvalSet(path=str(write_parquet(tmp_path / "dr.parquet", [row])))])
+    assert datasets["nq"][0].golden_answers == expected
+
+
+@pytest.mark.parametrize(
+    ("reward_model", "field"),
+    [({"ground_truth": '{"answer": "x"}', "style": "rule"}, "reward_model.ground_truth"),
+     ({"ground_truth": "[1, {}]", "style": "rule"}, "reward_model.ground_truth"),
+     ("rule", "reward_model")],
+)  # fmt: skip
+def test_unreadable_ground_truth_is_one_line(tmp_path: Path, reward_model, field: str) -> None:
+    good = search_r1_row("fine?", None)
+    # One arrow type per column: beside a string, the good row's reward_model is itself JSON-encoded.
+    good["reward_model"] = {"ground_truth": "a", "style": "rule"}
+    if isinstance(reward_model, str):
+        good["reward_model"] = json.dumps(good["reward_model"])
+    bad = search_r1_row("q?", None)
+    bad["reward_model"] = reward_model
+    path = write_parquet(tmp_path / "bad.parquet", [good, bad])
+    with pytest.raises(ValueError, match=rf"bad\.parquet: row 2: {field} ") as info:
+        load_eval_sets([EvalSet(path=str(path))])
+    assert "\n" not in str(info.value)
+
+
+def test_a_file_read_twice_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_search_rl.data import eval_sets
+
+    path = write_lines(tmp_path / "nq.jsonl", [{"question": "q?", "answer": "a"}])
+    reads = []
+    real = eval_sets._json_rows
+    monkeypatch.setattr(eval_sets, "_json_rows", lambda p: reads.append(p) or real(p))
+    first = load_eval_set(EvalSet(path=str(path)))
+    first["nq"].clear()  # a caller's change does not reach the next caller
+    assert load_eval_set(EvalSet(path=str(path)))["nq"][0].golden_answers == ("a",) and len(reads) == 1
+    write_lines(path, [{"question": "q?", "answer": "b"}])  # same size, same second
+    assert load_eval_set(EvalSet(path=str(path)))["nq"][0].golden_answers == ("b",) and len(reads) == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,33 @@ def test_a_retriever_service_subprocess_serves_the_evaluation(tmp_path: Path, mo
     service = next(c for c in cli.trainer.callbacks if type(c).__name__ == "RetrieverService")
     assert service.server_pid is None  # stopped at teardown
     assert service.health and len(cli.model.evaluation.results) == 2  # the child answered its health check
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "fit"])
+def test_bad_evaluation_rows_stop_the_run_before_any_log_folder(tmp_path: Path, model_dir: Path, world_dir: Path,
+                                                                bm25_dir: Path, subcommand: str) -> None:  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "answer": "a"}) + "\n" + json.dumps({"question": "no answer"}) + "\n")
+    split = "test_sets" if subcommand == "test" else "val_sets"
+    args = [subcommand, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
+            "--trainer.logger.save_dir", str(tmp_path / "logs"), "--trainer.default_root_dir", str(tmp_path / "root"),
+            "--model", "lit_search_rl.grpo.GRPOModule", "--model.model", str(model_dir),
+            "--model.retriever", str(bm25_dir), "--model.rollout.max_turns", "1",
+            "--data", "lit_search_rl.data.qa_datamodule.QADataModule", "--data.train", str(world_dir / "train.jsonl"),
+            f'--data.{split}+={{"path": "{bad}"}}']  # fmt: skip
+    with pytest.raises(ValueError, match=rf"data\.{split}\[0\]: .*bad\.jsonl: row 2 has no golden answers"):
+        SearchRLCLI(args=args)
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "root").exists()
+
+
+def test_no_lightning_advertising_tips(tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path,
+                                       capfd: pytest.CaptureFixture[str],
+                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    sets = [f'{{"path": "{world_dir / "test" / "chain.jsonl"}", "limit": 1}}']
+    with caplog.at_level(logging.INFO):
+        run_test(tmp_path, model_dir, bm25_dir, sets)
+    out, err = capfd.readouterr()
+    seen = out + err + caplog.text
+    assert "test/chain/em" in seen or read_csv(tmp_path)  # the run itself did report
+    assert "litlogger" not in seen and "litmodels" not in seen

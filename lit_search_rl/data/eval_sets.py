@@ -1,7 +1,12 @@
-"""Evaluation datasets: FlashRAG JSON lines, Search-R1 parquet files and the FlashRAG hub collection.
+"""Evaluation datasets: QA files as their authors publish them, Search-R1 parquet files and the FlashRAG hub.
 
 Every source becomes one or more named lists of ``QARecord``; the names are the ``<dataset>`` of
 the ``val/<dataset>/em`` tags and the rows of the results tables.
+
+Rows: JSON lines or one JSON array, with the question in ``question``, the golden answers in the first
+of ``golden_answers``, ``answers``, ``answer``, ``target`` (a string or a list of strings) and the id in
+``id`` or ``_id``; ``EvalSet``'s ``question_field``, ``answers_field`` and ``id_field`` name other fields.
+A row without an id is ``<file stem>-<row number>``.
 
 Naming:
 
@@ -16,13 +21,14 @@ Naming:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from lit_search_rl.data.qa import QARecord, qa_record
+from lit_search_rl.data.qa import ANSWER_FIELDS, ID_FIELDS, QARecord, answer_list, field_value, qa_record
 from lit_search_rl.io import read_jsonl
 
 HUB_REPO = "RUC-NLPIR/FlashRAG_datasets"
@@ -30,9 +36,9 @@ HUB_REPO = "RUC-NLPIR/FlashRAG_datasets"
 
 # Columns of a Search-R1 parquet file read into a record; others (the bulky ``metadata``) only when grouped by.
 _PARQUET_COLUMNS = (
-    "id",
+    *ID_FIELDS,
     "question",
-    "golden_answers",
+    *ANSWER_FIELDS,
     "data_source",
     "prompt",
     "reward_model",
@@ -63,14 +69,24 @@ class EvalSet:
     group_by: str | None = None
     """Report the questions per value of this field as ``<dataset>/<value>``; ``a.b`` reads field ``b`` of ``a``
     (``metadata.type``). A question without the field is an error."""
+    question_field: str | None = None
+    """Field of the question when it is not ``question``; ``a.b`` reads field ``b`` of ``a``."""
+    answers_field: str | None = None
+    """Field of the golden answers (a string or a list of strings) when it is none of ``golden_answers``,
+    ``answers``, ``answer``, ``target``; ``a.b`` reads field ``b`` of ``a``."""
+    id_field: str | None = None
+    """Field of the question id when it is neither ``id`` nor ``_id``; unset and absent, ids are
+    ``<file stem>-<row number>``."""
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.hub is None):
             raise ValueError(f"{self.label}: give exactly one of path and hub")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"{self.label}: limit must be at least 1 (got {self.limit})")
-        if self.group_by is not None and not self.group_by.strip():
-            raise ValueError(f"{self.label}: group_by is empty")
+        for option in ("group_by", "question_field", "answers_field", "id_field"):
+            value = getattr(self, option)
+            if value is not None and not value.strip():
+                raise ValueError(f"{self.label}: {option} is empty")
 
     @property
     def label(self) -> str:
@@ -97,11 +113,42 @@ def load_eval_sets(sets: list[EvalSet]) -> dict[str, list[QARecord]]:
 
 
 def load_eval_set(eval_set: EvalSet) -> dict[str, list[QARecord]]:
-    """Datasets of one source: name -> records (several for a Search-R1 parquet file or with ``group_by``)."""
+    """Datasets of one source: name -> records (several for a Search-R1 parquet file or with ``group_by``).
+
+    A file read before, unchanged since, is not read again: the command line checks the files before the
+    run starts, and the data module's set-up then takes the same records.
+    """
+    key = _cache_key(eval_set)
+    if key is None:
+        return _load_eval_set(eval_set)
+    if key not in _LOADED:
+        _LOADED[key] = _load_eval_set(eval_set)
+        while len(_LOADED) > _CACHED_FILES:
+            _LOADED.pop(next(iter(_LOADED)))
+    return {name: list(records) for name, records in _LOADED[key].items()}
+
+
+_LOADED: dict[tuple, dict[str, list[QARecord]]] = {}
+_CACHED_FILES = 16
+
+
+def _cache_key(eval_set: EvalSet) -> tuple | None:
+    """The set's settings and its file's content digest; None (not cached) for hub sets and missing files."""
+    if eval_set.path is None or not Path(eval_set.path).is_file():
+        return None
+    # The content, not the modification time: a file rewritten within the clock's resolution is still new.
+    digest = hashlib.blake2b(digest_size=16)
+    with Path(eval_set.path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return (*astuple(eval_set), str(Path(eval_set.path).resolve()), digest.hexdigest())
+
+
+def _load_eval_set(eval_set: EvalSet) -> dict[str, list[QARecord]]:
     if eval_set.hub is not None:
         source = f"{HUB_REPO} {eval_set.hub!r} split {eval_set.split!r}"
         name = eval_set.name or eval_set.hub
-        sources = {name: _numbered(_hub_rows(eval_set), source)}
+        sources = {name: _numbered(_hub_rows(eval_set), source, eval_set, eval_set.hub)}
     else:
         path = Path(eval_set.path)
         if not path.is_file():
@@ -110,7 +157,8 @@ def load_eval_set(eval_set: EvalSet) -> dict[str, list[QARecord]]:
         if path.suffix == ".parquet":
             sources = _parquet_sources(path, eval_set)
         else:
-            sources = {eval_set.name or _stem_name(path): _numbered(_json_rows(path), source)}
+            rows = _numbered(_json_rows(path), source, eval_set, path.stem)
+            sources = {eval_set.name or _stem_name(path): rows}
     if not sources:
         raise ValueError(f"{eval_set.label}: {source} has no questions")
     out: dict[str, list[QARecord]] = {}
@@ -131,8 +179,15 @@ def load_eval_set(eval_set: EvalSet) -> dict[str, list[QARecord]]:
     return out
 
 
-def _numbered(rows: Iterator[dict], source: str) -> list[tuple[int, QARecord]]:
-    return [(number, qa_record(row, source, number)) for number, row in enumerate(rows, start=1)]
+def _record(row: dict, source: object, number: int, eval_set: EvalSet, stem: str) -> QARecord:
+    # The row number in the file makes an id that is the same on every load, and the stem keeps files apart.
+    return qa_record(row, source, number, question_field=eval_set.question_field,
+                     answers_field=eval_set.answers_field, id_field=eval_set.id_field,
+                     default_id=f"{stem}-{number}")  # fmt: skip
+
+
+def _numbered(rows: Iterator[dict], source: str, eval_set: EvalSet, stem: str) -> list[tuple[int, QARecord]]:
+    return [(number, _record(row, source, number, eval_set, stem)) for number, row in enumerate(rows, start=1)]
 
 
 def _stem_name(path: Path) -> str:
@@ -140,20 +195,27 @@ def _stem_name(path: Path) -> str:
     return path.parent.name if path.stem.lower() in _SPLIT_NAMES and path.parent.name else path.stem
 
 
+def _is_json_array(path: Path) -> bool:
+    """Whether the file's first non-blank character opens a JSON array (a JSON-lines row is an object)."""
+    with path.open(encoding="utf-8") as f:
+        while chunk := f.read(4096):
+            if chunk.strip():
+                return chunk.lstrip().startswith("[")
+    return False
+
+
 def _json_rows(path: Path) -> Iterator[dict]:
-    """Rows of JSON lines, or of one JSON array in a ``.json`` file."""
-    if path.suffix == ".json":
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno})") from None
-            for number, row in enumerate(rows, start=1):
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: row {number} is not an object")
-                yield row
-            return
+    """Rows of JSON lines, or of one JSON array (HotpotQA's layout), whatever the file's suffix."""
+    if _is_json_array(path):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno})") from None
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: row {number} is not an object")
+            yield row
+        return
     for number, row in enumerate(read_jsonl(path), start=1):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {number} is not an object")
@@ -179,9 +241,10 @@ def _parquet_sources(path: Path, eval_set: EvalSet) -> dict[str, list[tuple[int,
 
     columns = pq.read_schema(path).names
     wanted = [c for c in _PARQUET_COLUMNS if c in columns]
-    group_column = eval_set.group_by.split(".")[0] if eval_set.group_by else None
-    if group_column in columns and group_column not in wanted:
-        wanted.append(group_column)
+    named = (eval_set.group_by, eval_set.question_field, eval_set.answers_field, eval_set.id_field)
+    for column in (field.split(".")[0] for field in named if field):
+        if column in columns and column not in wanted:
+            wanted.append(column)
     table = pq.read_table(path, columns=wanted)
     sources: dict[str, list[tuple[int, QARecord]]] = {}
     number = 0
@@ -195,29 +258,73 @@ def _parquet_sources(path: Path, eval_set: EvalSet) -> dict[str, list[tuple[int,
                 name = f"{eval_set.name}/{source}" if eval_set.name else source
             else:
                 name = eval_set.name or _stem_name(path)
-            sources.setdefault(name, []).append((number, qa_record(_flashrag_row(row, path, number), path, number)))
+            record = _record(_parquet_row(row, path, number, eval_set), path, number, eval_set, path.stem)
+            sources.setdefault(name, []).append((number, record))
     return sources
 
 
-def _flashrag_row(row: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
-    """A Search-R1 parquet row as a FlashRAG row: question and golden answers from the columns or the prompt."""
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        question = _question_from_prompt(row.get("prompt"))
-    if not question:
-        raise ValueError(f"{path}: row {number} has no question (no 'question' column or user prompt)")
-    answers = _answer_list(row.get("golden_answers"))
-    if not answers:
-        target = ((row.get("reward_model") or {}).get("ground_truth") or {}).get("target")
-        answers = _answer_list(target)
-    if not answers:
-        raise ValueError(f"{path}: row {number} has no golden answers "
-                         "(no 'golden_answers' nor reward_model.ground_truth.target)")  # fmt: skip
+def _parquet_row(row: dict[str, Any], path: Path, number: int, eval_set: EvalSet) -> dict[str, Any]:
+    """A Search-R1 parquet row as a QA row: the question from the prompt and the answers from the ground truth
+    where the row has no question or answers columns."""
     out = {k: v for k, v in row.items() if k not in ("prompt", "reward_model")}
-    out.update(question=question, golden_answers=answers)
-    if out.get("id") is None:
-        out.pop("id", None)
+    question = row.get("question")
+    if eval_set.question_field is None and (not isinstance(question, str) or not question.strip()):
+        question = _question_from_prompt(row.get("prompt"))
+        if not question:
+            raise ValueError(f"{path}: row {number} has no question (no 'question' column or user prompt)")
+        out["question"] = question
+    if eval_set.answers_field is None and not any(answer_list(row.get(f)) for f in ANSWER_FIELDS):
+        truth = _ground_truth(row.get("reward_model"), path, number)
+        if not truth:
+            raise ValueError(f"{path}: row {number} has no golden answers (none of "
+                             f"{', '.join(map(repr, ANSWER_FIELDS))} nor reward_model.ground_truth)")  # fmt: skip
+        for f in ANSWER_FIELDS:
+            out.pop(f, None)
+        out["golden_answers"] = truth
+    for f in ID_FIELDS:  # a null id column is no id
+        if out.get(f) is None:
+            out.pop(f, None)
     return out
+
+
+def _ground_truth(reward_model: Any, path: Path, number: int) -> list[str] | None:
+    """The answers of Search-R1's ``reward_model.ground_truth``: ``{"target": ...}``, a list or a string, each
+    possibly JSON-encoded in a string (as DeepResearcher writes it); None when there is none."""
+    if reward_model is None:
+        return None
+    reward_model = _json_decoded(reward_model)
+    if not isinstance(reward_model, dict):
+        raise ValueError(f"{path}: row {number}: reward_model is not a struct with ground_truth "
+                         f"(got {_kind(reward_model)})")  # fmt: skip
+    truth = _json_decoded(reward_model.get("ground_truth"))
+    if truth is None:
+        return None
+    field = "reward_model.ground_truth"
+    if isinstance(truth, dict):
+        if "target" not in truth:
+            raise ValueError(f"{path}: row {number}: {field} has no 'target' (keys: {', '.join(map(str, truth))})")
+        truth, field = _json_decoded(truth["target"]), f"{field}.target"
+    answers = answer_list(truth)
+    if answers is None:
+        raise ValueError(f"{path}: row {number}: {field} is not a string or a list of strings (got {_kind(truth)})")
+    return answers
+
+
+def _json_decoded(value: Any) -> Any:
+    """A string holding a JSON object, array or string, decoded; any other value (``Paris``, ``1984``) as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, dict | list | str) else value
+
+
+def _kind(value: Any) -> str:
+    """A value's type in an error, with the start of its text."""
+    text = json.dumps(value, default=str)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def _question_from_prompt(prompt: Any) -> str | None:
@@ -240,21 +347,6 @@ def _question_from_prompt(prompt: Any) -> str | None:
     return question.strip() or None
 
 
-def _answer_list(value: Any) -> list[str]:
-    """Answers as a list of non-empty strings; a lone string (as some targets are) is a list of one."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        return []
-    # Numbers stand for themselves ("35"); pyarrow hands back lists, never numpy arrays.
-    return [str(a).strip() for a in value if a is not None and str(a).strip()]
-
-
 def _field(record: QARecord, dotted: str) -> Any:
     """The value of ``a.b`` in a record's id and extra fields; None when a step is missing."""
-    value: Any = {"id": record.id, "question": record.question, **dict(record.extra)}
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or value.get(key) is None:
-            return None
-        value = value[key]
-    return value
+    return field_value({"id": record.id, "question": record.question, **dict(record.extra)}, dotted)

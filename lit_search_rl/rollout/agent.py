@@ -7,7 +7,8 @@ are concatenated turn by turn (prompt, generated, information), never decoded an
 re-encoded, with a loss mask of 1 on the model's own tokens and 0 on everything else.
 
 Limits are cut on purpose and counted: queries beyond ``max_parallel_queries``, information
-tokens beyond ``max_information_tokens``, and the length limits that end a trajectory.
+tokens beyond ``max_information_tokens``, and the length limits that end a trajectory: the
+configured ``max_total_tokens`` or the model's context length, whichever is smaller.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class RolloutStats:
     retriever_calls: int = 0
 
 
+def context_length_of(model: object) -> int | None:
+    """The positions a transformers model attends to (its config's ``max_position_embeddings``), or None."""
+    length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return length if isinstance(length, int) and length > 0 else None
+
+
 class AgentLoop:
     """Runs batched multi-turn rollouts.
 
@@ -115,6 +122,8 @@ class AgentLoop:
         tokenizer: encodes prompts and information blocks, decodes the model's text.
         config: limits and settings.
         protocol: how agent and environment talk; the tag protocol by default.
+        context_length: positions the model can attend to (``max_position_embeddings``); a trajectory ends as
+            ``length`` there when that comes before ``max_total_tokens``. Unset: ``max_total_tokens`` alone.
     """
 
     def __init__(
@@ -124,10 +133,15 @@ class AgentLoop:
         tokenizer: PreTrainedTokenizerBase,
         config: RolloutConfig | None = None,
         protocol: AgentProtocol | None = None,
+        context_length: int | None = None,
     ) -> None:
         self.engine, self.retriever, self.tokenizer = engine, retriever, tokenizer
         self.config = config or RolloutConfig()
         self.config.validate()
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"context_length must be at least 1 (got {context_length})")
+        self.max_length = min(self.config.max_total_tokens, context_length or self.config.max_total_tokens)
+        """Prompt plus response tokens of a trajectory; reaching it ends the trajectory as ``length``."""
         self.protocol = protocol or TagProtocol()
         self._close_ids = tokenizer(self.protocol.observation_close, add_special_tokens=False)["input_ids"]
         self.stats = RolloutStats()
@@ -140,7 +154,7 @@ class AgentLoop:
             Trajectory(self.protocol.prompt_ids(self.tokenizer, q, c.max_parallel_queries)) for q in questions
         ]
         for t in trajectories:
-            if t.length >= c.max_total_tokens:
+            if t.length >= self.max_length:
                 t.finish_reason = "length"
         for _ in range(c.max_turns):
             active = [t for t in trajectories if t.finish_reason is None]
@@ -157,7 +171,7 @@ class AgentLoop:
     def _generate_turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, list[str]]]:
         """Generate one turn for every active trajectory; returns those that searched, with their queries."""
         c = self.config
-        budgets = [min(c.max_new_tokens_per_turn, c.max_total_tokens - t.length) for t in active]
+        budgets = [min(c.max_new_tokens_per_turn, self.max_length - t.length) for t in active]
         start = time.perf_counter()
         outputs = self.engine.generate([t.prompt_ids + t.response_ids for t in active], budgets, self.protocol.stop)
         self.stats.generate_seconds += time.perf_counter() - start
@@ -196,13 +210,15 @@ class AgentLoop:
             position += len(queries)
             t.num_searches += len(queries)
             text = self.protocol.observation(docs, c.max_doc_chars)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            # verbose=False: passages may encode past the model's length, which is cut here before the model
+            # sees it; transformers' warning about it would only be noise.
+            ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             if len(ids) > c.max_information_tokens:
                 # Cut the passages, keep the closing text so the model sees a well-formed block.
                 keep = max(0, c.max_information_tokens - len(self._close_ids))
                 ids = ids[:keep] + self._close_ids
                 t.truncated_information += 1
-            if t.length + len(ids) >= c.max_total_tokens:
+            if t.length + len(ids) >= self.max_length:
                 t.finish_reason = "length"
                 continue
             t._append(ids, trainable=False)
