@@ -1,8 +1,17 @@
-"""Argument checks shared by the config classes, with errors that name the option."""
+"""Argument checks shared by the config classes, with errors that name the option.
+
+Nothing here imports torch or Lightning: ``lit-search-rl fit`` runs the settings checks on the
+values of the config files and the command line before the heavy imports, so a typo fails in
+well under a second; the modules run the same checks on their full settings when they are built.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -16,3 +25,185 @@ def require_at_least(config: Any, names: Iterable[str], low: int = 1, prefix: st
         value = getattr(config, name)
         if value < low:
             raise ValueError(f"{prefix}{name} must be at least {low} (got {value})")
+
+
+# -- settings of the shipped modules ------------------------------------------------------------
+# Each check takes the init arguments as a mapping that may lack any of them (the fast check sees
+# only what the config files and the command line set); a rule is applied when all of its values
+# are present and of the expected kind, the rest is left to jsonargparse's type checks.
+
+STRATEGY_NAMES = ("recycle", "grpo", "dapo", "bounded_dapo")
+"""The sampling strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
+
+
+def _number(values: Mapping[str, Any], name: str, prefix: str, integer: bool = False) -> float | None:
+    """The number set for ``name``, None when it is unset (or None); a value that is no number is an error."""
+    value = values.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):  # the command line and YAML 1.1 give "1e-3" as text; jsonargparse converts it
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"{prefix}{name} must be {kind} (got {value!r})") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None  # a list or a mapping: jsonargparse names the type
+    if integer and value != int(value):
+        raise ValueError(f"{prefix}{name} must be an integer (got {value!r})")
+    return value
+
+
+def _at_least(values: Mapping[str, Any], names: Iterable[str], low: float, prefix: str) -> None:
+    for name in names:
+        value = _number(values, name, prefix, integer=True)
+        if value is not None and value < low:
+            raise ValueError(f"{prefix}{name} must be at least {low} (got {value})")
+
+
+def _one_of(values: Mapping[str, Any], name: str, choices: Iterable[str], prefix: str) -> None:
+    value, choices = values.get(name), tuple(choices)
+    if value is not None and value not in choices:
+        raise ValueError(f"{prefix}{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def check_grpo_settings(values: Mapping[str, Any], prefix: str = "model.") -> None:
+    """The GRPO module's own settings: sizes, clipping, KL weight, reward name (nested configs check themselves)."""
+    _at_least(values, ("group_size",), 2, prefix)
+    _at_least(values, ("batch_size", "oversample", "micro_batch_size", "update_epochs"), 1, prefix)
+    _at_least(values, ("warmup_steps", "lora_rank"), 0, prefix)
+    group, batch, micro = (_number(values, n, prefix, integer=True)
+                           for n in ("group_size", "batch_size", "micro_batch_size"))  # fmt: skip
+    if group is not None and batch is not None and micro is not None and (group * batch) % micro:
+        raise ValueError(f"{prefix}micro_batch_size ({micro}) must divide group_size * batch_size "
+                         f"({group * batch})")  # fmt: skip
+    for name in ("learning_rate", "weight_decay", "gradient_clip", "kl_coef", "clip_low", "clip_high", "clip_c"):
+        value = _number(values, name, prefix)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{prefix}{name} must be a finite number (got {value})")
+        if value is not None and value < 0 and name != "clip_c":
+            raise ValueError(f"{prefix}{name} must not be negative (got {value})")
+    clip_low, clip_c = _number(values, "clip_low", prefix), _number(values, "clip_c", prefix)
+    if clip_low is not None and clip_low >= 1:
+        raise ValueError(f"{prefix}clip_low must be in [0, 1) (got {clip_low})")
+    if clip_c is not None and clip_c <= 1:
+        raise ValueError(f"{prefix}clip_c must be above 1 (got {clip_c})")
+    _check_reward(values.get("reward"), prefix)
+
+
+def _check_reward(name: Any, prefix: str) -> None:
+    """A registered reward name, or ``module:function`` (imported when the module is built)."""
+    from lit_search_rl.rewards import REWARDS  # light: pure Python
+
+    if isinstance(name, str) and ":" not in name and name not in REWARDS:
+        raise ValueError(f"{prefix}reward: unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))} "
+                         "or give a function as module:function")  # fmt: skip
+
+
+def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -> None:
+    """The recycling data module's settings: strategy, recycled weight, rounds, sizes."""
+    _one_of(values, "strategy", STRATEGY_NAMES, prefix)
+    _one_of(values, "exhaustion", ("reset", "stop"), prefix)
+    weight = _number(values, "recycled_weight", prefix)
+    if weight is not None and not 0 <= weight <= 1:
+        raise ValueError(f"{prefix}recycled_weight must be in [0, 1] (got {weight})")
+    _at_least(values, ("max_rounds", "batch_size", "oversample", "eval_batch_size"), 1, prefix)
+    _at_least(values, ("check_every",), 0, prefix)
+
+
+def check_qa_settings(values: Mapping[str, Any], prefix: str = "data.") -> None:
+    """The plain GRPO data module's settings."""
+    _at_least(values, ("candidates_per_step", "eval_batch_size"), 1, prefix)
+
+
+SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
+    "lit_search_rl.grpo.GRPOModule": check_grpo_settings,
+    "lit_search_rl.data.recycling_datamodule.RecyclingDataModule": check_recycling_settings,
+    "lit_search_rl.data.qa_datamodule.QADataModule": check_qa_settings,
+}
+"""Checks by the class path a config names (jsonargparse also accepts the bare class name)."""
+
+
+def check_settings(section: str, class_path: Any, values: Mapping[str, Any]) -> None:
+    """Check the init arguments of ``section`` (``model`` or ``data``) when its class is one of ours.
+
+    ``values`` may hold only some of them. Option names in the errors are ``section.name``, as
+    ``--section.name`` on the command line (``section.init_args.name`` in a config file).
+    """
+    if not isinstance(class_path, str):
+        return
+    check = SETTINGS_CHECKS.get(class_path) or {p.rsplit(".", 1)[1]: c for p, c in SETTINGS_CHECKS.items()}.get(
+        class_path
+    )
+    if check is not None:
+        check(values, f"{section}.")
+
+
+def check_sources(section: str, values: Mapping[str, Any]) -> None:
+    """Check that the model a ``model`` section names can be loaded (after the settings: this may ask the Hub)."""
+    model = values.get("model") if section == "model" else None
+    if isinstance(model, str):
+        check_model_source(model, f"{section}.model")
+
+
+# -- model names: a local folder or a Hub id ------------------------------------------------------
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether ``value`` can only be meant as a local path, never as a Hub id (``name`` or ``owner/name``).
+
+    Hub ids have at most one slash, no backslash, and do not start with ``.``, ``/`` or ``~``; an id
+    whose owner part is an existing local folder (``runs/sft-model``) is a path too.
+    """
+    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1:
+        return True
+    return "/" in value and Path(value.split("/", 1)[0]).is_dir()
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get(n, "") for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.strip().lower() in ("1", "on", "yes", "true") for f in flags)
+
+
+_FOUND_ON_HUB: set[str] = set()  # asked once per process: the fast check and LightningCLI's check both run
+
+
+def check_model_source(value: str, flag: str, timeout: float = 10.0) -> None:
+    """Fail at once, in one line, when ``value`` is neither a local folder nor a reachable Hub model.
+
+    A path-like value must be an existing folder. A Hub id must be in the local Hub cache, or the
+    Hub must answer for it within ``timeout`` seconds: transformers would otherwise retry for over a
+    minute when there is no network, and end with advice about offline mode.
+    """
+    if "://" in value:
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        return
+    if looks_like_path(value):
+        raise FileNotFoundError(f"{flag}: folder {value} does not exist")
+    from huggingface_hub import try_to_load_from_cache  # light; no network
+
+    try:
+        if isinstance(try_to_load_from_cache(value, "config.json"), str):
+            return
+    except ValueError:  # not a valid repository id either (HFValidationError)
+        raise FileNotFoundError(f"{flag}: folder {value} does not exist") from None
+    if value in _FOUND_ON_HUB:
+        return
+    local = f"there is no folder {value}"
+    if _hub_offline():
+        raise FileNotFoundError(f"{flag}: {local}, and no copy of {value} in the Hub cache (HF_HUB_OFFLINE is "
+                                "set)")  # fmt: skip
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(value, timeout=timeout)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{flag}: {local}, and no model {value} on the Hugging Face Hub") from None
+    except Exception as e:  # no network, DNS, proxy, timeout: any failure to get an answer
+        cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"{flag}: {local}, and the Hugging Face Hub cannot be reached to look {value} up "
+                                f"({cause})") from None  # fmt: skip
+    _FOUND_ON_HUB.add(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lit_search_rl.tools.common import run_tool
 from lit_search_rl.tools.demo import demo
@@ -38,7 +39,12 @@ USAGE = (
 
 
 def lightning_cli(argv: Sequence[str] | None) -> None:
-    """Run LightningCLI (on ``sys.argv`` when ``argv`` is None) with any module and data module the config names."""
+    """Run LightningCLI (on ``sys.argv`` when ``argv`` is None) with any module and data module the config names.
+
+    The config files and the model and data settings are checked first, before Lightning, torch and
+    transformers are imported (several seconds): a typo fails at once. LightningCLI checks them all again.
+    """
+    precheck(sys.argv[1:] if argv is None else argv)
     from lit_search_rl.lightning_cli import SearchRLCLI
 
     SearchRLCLI(args=None if argv is None else list(argv))
@@ -56,9 +62,125 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tool(command, TOOLS[command][0], argv[1:])
     if command in LIGHTNING_COMMANDS:
         # A config naming a missing file or model, or an impossible setting, is one line, not a traceback.
-        return run_tool(command, lambda _: lightning_cli(None if from_command_line else argv), argv[1:])
+        return run_tool(command, lambda _: lightning_cli(None if from_command_line else argv), argv[1:],
+                        option_prefix="")  # fmt: skip
     print(f"lit-search-rl: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
     return 2
+
+
+# -- the fast check ---------------------------------------------------------------------------
+# What LightningCLI will see of ``model`` and ``data``, from the config files and the command line,
+# read in order as jsonargparse reads them. Anything this simple reading cannot follow (a section
+# given as its own file, a nested key, help or print_config) is left out, never guessed: the fast
+# check only ever applies a subset of the checks that run again once the classes are imported.
+
+_SECTIONS = ("model", "data")
+_UNSURE = object()  # a section whose contents this reading cannot tell
+
+
+def precheck(argv: Sequence[str]) -> None:
+    """Check ``fit|validate|test`` arguments without importing Lightning: YAML syntax, model and data settings.
+
+    ``argv`` starts with the subcommand. Raises ``ValueError`` or ``FileNotFoundError`` naming the
+    file and line, or the option.
+    """
+    from lit_search_rl.checks import check_settings, check_sources
+
+    args = list(argv[1:])
+    if any(a in ("-h", "--help") or a.startswith("--print_config") or a.endswith(".help") for a in args):
+        return
+    sections: dict[str, dict | object] = {name: {"class_path": None, "init_args": {}} for name in _SECTIONS}
+    i = 0
+    while i < len(args):
+        flag, inline, value = args[i].partition("=")
+        step = 1  # tokens this option takes: 2 when its value is the next one
+        if not inline:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if value.startswith("-") and not _is_number(value):  # a flag given without a value
+                value = ""
+            else:
+                step = 2
+        if flag in ("-c", "--config"):
+            for name, given in _read_config(value).items():
+                if name in sections:
+                    _merge(sections, name, given)
+        elif flag.split(".", 1)[0].lstrip("-") in _SECTIONS and flag.startswith("--"):
+            name, _, key = flag[2:].partition(".")
+            key = key.removeprefix("init_args.")
+            if not key or key in ("class_path", "dict_kwargs"):  # another class, or a file: follow no further
+                sections[name] = _UNSURE
+            elif "." not in key and sections[name] is not _UNSURE:  # nested keys are left to the config classes
+                sections[name]["init_args"][key] = _yaml_value(value)
+        i += step
+    known = {name: section for name, section in sections.items() if section is not _UNSURE}
+    for name, section in known.items():
+        check_settings(name, section["class_path"], section["init_args"])
+    for name, section in known.items():  # then what may take a look-up: the model folder or Hub id
+        check_sources(name, section["init_args"])
+
+
+def _read_config(path: str) -> dict:
+    """A config file's top-level mapping; a YAML syntax error is named by file and line."""
+    import yaml
+
+    if not Path(path).is_file():
+        if path.endswith((".yaml", ".yml", ".json")):
+            raise FileNotFoundError(f"config: {path} does not exist")
+        return {name: _UNSURE for name in _SECTIONS}  # jsonargparse also takes the config itself as text
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        loaded = yaml.safe_load(text)
+    except (yaml.scanner.ScannerError, yaml.parser.ParserError, yaml.composer.ComposerError) as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        context = f" ({e.context}" if e.context else ""
+        if context and e.context_mark is not None and e.context_mark.line != mark.line:
+            context += f" at line {e.context_mark.line + 1}"
+        raise ValueError(f"{where}: {e.problem}{context + ')' if context else ''}") from None
+    except yaml.YAMLError:
+        return {}  # e.g. a tag that only jsonargparse's loader knows; it reports what is wrong
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _merge(sections: dict, name: str, given: object) -> None:
+    """Apply a config file's ``model`` or ``data`` section over what came before it."""
+    if sections[name] is _UNSURE:
+        return
+    if given is _UNSURE or isinstance(given, str) or given is None:  # a class name, or another file
+        is_class = isinstance(given, str) and not given.endswith((".yaml", ".yml", ".json"))
+        sections[name] = {"class_path": given, "init_args": {}} if is_class else _UNSURE
+        return
+    if not isinstance(given, dict):
+        sections[name] = _UNSURE
+        return
+    section = sections[name]
+    class_path = given.get("class_path")
+    if class_path is not None and class_path != section["class_path"]:
+        section.update(class_path=class_path, init_args={})  # another class: the earlier values may not apply
+    init_args = given.get("init_args", {})
+    extra = {k: v for k, v in given.items() if k not in ("class_path", "init_args", "dict_kwargs")}
+    if not isinstance(init_args, dict):
+        sections[name] = _UNSURE
+        return
+    section["init_args"].update({**extra, **init_args})
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml_value(text: str) -> object:
+    """A command-line value as jsonargparse reads it (YAML: ``1`` an int, ``null`` None, ``abc`` text)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 if __name__ == "__main__":
