@@ -184,18 +184,18 @@ def new_session(pool_maxsize: int = 8) -> requests.Session:
     return session
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """No complete answer: the connection failed or broke."""
 
 
-class _PastDeadline(Exception):
+class PastDeadline(Exception):
     """No complete answer before the deadline."""
 
 
 def request(session: requests.Session, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
     """One HTTP exchange, connect to the last byte of the answer within ``timeout`` seconds.
 
-    Raises ``_PastDeadline`` or ``_Unreachable`` (with the cause as text) instead of requests' errors.
+    Raises ``PastDeadline`` or ``Unreachable`` (with the cause as text) instead of requests' errors.
     """
     start = time.monotonic()
     with _Deadline(timeout) as deadline:
@@ -203,14 +203,14 @@ def request(session: requests.Session, method: str, url: str, timeout: float, **
             # The per-read timeout is a second bound, for connections the watchdog cannot see (a proxy's).
             return session.request(method, url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout), **kwargs)
         except requests.ConnectTimeout:
-            raise _Unreachable(f"ConnectTimeout: no connection within {min(CONNECT_TIMEOUT, timeout):g} s") from None
+            raise Unreachable(f"ConnectTimeout: no connection within {min(CONNECT_TIMEOUT, timeout):g} s") from None
         except requests.Timeout:
-            raise _PastDeadline() from None
+            raise PastDeadline() from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as e:  # fmt: skip
             if deadline.expired or time.monotonic() - start >= timeout:
-                raise _PastDeadline() from None
-            raise _Unreachable(f"{type(e).__name__}: {cause_text(e)}") from None
+                raise PastDeadline() from None
+            raise Unreachable(f"{type(e).__name__}: {cause_text(e)}") from None
 
 
 def post_json(
@@ -240,9 +240,9 @@ def post_json(
         delay = backoff * 2**attempt  # before the next attempt, if there is one
         try:
             response = request(session, "POST", url, timeout, json=payload, headers=headers)
-        except _PastDeadline:
+        except PastDeadline:
             last, kind = f"no complete answer within {timeout:g} s", "deadline"
-        except _Unreachable as e:
+        except Unreachable as e:
             last, kind = str(e), "always"
         else:
             status = response.status_code
@@ -268,9 +268,9 @@ def get_json(session: requests.Session, url: str, *, what: str, error: type[Exce
     """GET ``url`` once and return its JSON answer; any failure raises ``error`` naming ``what`` and ``url``."""
     try:
         response = request(session, "GET", url, timeout)
-    except _PastDeadline:
+    except PastDeadline:
         raise error(f"{what} at {url} failed: no complete answer within {timeout:g} s") from None
-    except _Unreachable as e:
+    except Unreachable as e:
         raise error(f"{what} at {url} failed: {e}") from None
     if response.status_code >= 400:
         raise error(f"{what} at {url} failed: HTTP {response.status_code} {one_line(response.text)}")

@@ -20,6 +20,7 @@ from lit_search_rl.retrieval.cache import CachedRetriever
 from lit_search_rl.retrieval.http_client import HTTPRetriever
 from lit_search_rl.retrieval.index import load_retriever
 from lit_search_rl.retrieval.server import RetrievalServer
+from tests.http_doubles import TricklingServer
 
 QUERIES = ["festival", "born", "company"]
 
@@ -201,6 +202,17 @@ def test_attaching_to_a_closed_port_fails_clearly_and_quickly(trainer: Trainer) 
         service.setup(trainer, module, "fit")
     assert time.monotonic() - start < 10
     assert module.retriever is None
+
+
+def test_a_trickling_server_fails_the_health_check_within_the_deadline(trainer: Trainer) -> None:
+    # One byte every 0.2 s: a per-read timeout would wait for all of them; the deadline per probe does not.
+    with TricklingServer("headers", interval=0.2, max_bytes=50).running() as slow:
+        url = f"http://127.0.0.1:{slow.port}"
+        service = RetrieverService(url=url, health_retries=1, health_backoff=0.0, request_timeout=1.0)
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"not healthy after 2 attempts \(no complete answer within 1 s\)"):
+            service.setup(trainer, SearchModule(), "fit")
+        assert time.monotonic() - start < 4.5
 
 
 class FakeTrainer:

@@ -49,6 +49,7 @@ import requests
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 
+from lit_search_rl.http_retry import PastDeadline, Unreachable, new_session, request
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.retrieval.http_client import retrieve_url
 
@@ -193,23 +194,23 @@ def _check_health(
     Without ``/health`` (Search-R1's own server), one ``POST /retrieve`` of one query must answer 200.
     With ``server``, its early exit ends the wait at once with its stderr.
     """
-    # Connecting gets at most 5 s: an address that drops packets must not stall setup for request_timeout.
-    timeouts = (min(timeout, 5.0), timeout)
+    # Each probe has a total deadline (connect to last byte), so a server that trickles its answer
+    # cannot stall setup; connecting alone gets at most http_retry.CONNECT_TIMEOUT.
     last = ""
-    with requests.Session() as session:
+    with new_session(pool_maxsize=1) as session:
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(min(backoff * 2 ** (attempt - 1), 5.0))
             if server is not None and (code := server.popen.poll()) is not None:
                 raise RuntimeError(server.exited_message(code))
             try:
-                response = session.get(f"{base}/health", timeout=timeouts)
+                response = request(session, "GET", f"{base}/health", timeout)
                 if response.status_code == 200:
                     answer = response.json()
                     return answer if isinstance(answer, dict) else {"status": "ok", "health": answer}
                 if response.status_code in (404, 405, 501):
                     probe = {"queries": ["health check"], "topk": 1, "return_scores": True}
-                    response = session.post(f"{base}/retrieve", json=probe, timeout=timeouts)
+                    response = request(session, "POST", f"{base}/retrieve", timeout, json=probe)
                     if response.status_code == 200:
                         answer = response.json()
                         if isinstance(answer, dict) and isinstance(answer.get("result"), list):
@@ -217,7 +218,9 @@ def _check_health(
                         raise ValueError("POST /retrieve answered without a 'result' list")
                 last = f"HTTP {response.status_code} from {response.request.method} {response.url}: "
                 last += _one_line(response.text[:200])
-            except (requests.RequestException, ValueError) as e:
+            except PastDeadline:
+                last = f"no complete answer within {timeout:g} s"
+            except (Unreachable, requests.RequestException, ValueError) as e:
                 last = f"{type(e).__name__}: {_one_line(str(e))[:300]}"
     raise ConnectionError(
         f"RetrieverService: the retrieval server at {base} is not healthy after {retries + 1} attempts ({last})"
@@ -259,7 +262,7 @@ class RetrieverService(Callback):
         startup_timeout: Seconds the server child may take to load the index and print its URL.
         health_retries: Further ``GET /health`` attempts after a failed one before ``setup`` fails.
         health_backoff: Seconds before the first health retry; doubled for each next one (at most 5).
-        request_timeout: Seconds to wait for each answer of the server.
+        request_timeout: Seconds each request to the server may take, connecting to the last byte of its answer.
         stop_timeout: Seconds the server child gets to exit after SIGTERM before it is killed.
     """
 
