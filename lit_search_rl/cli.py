@@ -114,7 +114,10 @@ def precheck(argv: Sequence[str]) -> None:
         i += step
     known = {name: section for name, section in sections.items() if section is not _UNSURE}
     for name, section in known.items():
-        check_settings(name, section["class_path"], section["init_args"])
+        # A reward name may be registered by a module the config imports (a callback's, say), which this
+        # reading does not import: reward names are checked once the classes are resolved.
+        values = {key: value for key, value in section["init_args"].items() if key != "reward"}
+        check_settings(name, section["class_path"], values)
     for name, section in known.items():  # then what may take a look-up: the model folder or Hub id
         check_sources(name, section["init_args"])
 

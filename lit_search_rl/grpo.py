@@ -19,6 +19,7 @@ Run: ``lit-search-rl fit --config configs/synthetic/grpo.yaml``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lit_search_rl.checks import check_grpo_settings
 from lit_search_rl.data.eval_data import EvalBatch
 from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
@@ -45,8 +47,8 @@ from lit_search_rl.fsdp import copy_full_weights, is_sharded, shard_policy
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
-from lit_search_rl.rewards import get_reward
-from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
+from lit_search_rl.rewards import INVALID_REWARDS, get_reward, score_answer
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
 from lit_search_rl.rollout.encoding import pad_batch
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
@@ -73,7 +75,8 @@ class UpdateBatch:
     # (N, L-1) logprob of token t+1 at position t before the update; None: on-policy, the ratio is 1.
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None  # (N, L-1)
-    # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own).
+    # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own):
+    # trainable tokens, and sequences with at least one trainable token.
     num_tokens: float | None = None
     num_seqs: int | None = None
     # Data-parallel gradients are averaged over ranks; each rank's loss is scaled back up so the
@@ -93,7 +96,13 @@ def open_retriever(spec: str) -> Retriever:
 
 
 def classify_group(rewards: list[float]) -> GroupKind:
-    """Signal when the rewards differ; otherwise too easy (all rewarded) or too hard (none)."""
+    """Signal when the rewards differ; otherwise too easy (all rewarded) or too hard (none).
+
+    Rewards must be finite: a NaN compares false with everything, so a group holding one would be
+    classified by where the NaN stands (``score`` turns them into an error or a counted 0 first).
+    """
+    if not all(math.isfinite(r) for r in rewards):
+        raise ValueError(f"classify_group needs finite rewards (got {rewards})")
     if max(rewards) != min(rewards):
         return "signal"
     return "too_easy" if rewards[0] > 0 else "too_hard"
@@ -111,6 +120,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         batch_size: Signal groups per update (B).
         oversample: Candidate questions drawn per step, as a multiple of ``batch_size`` (k).
         reward: Reward name from the registry (``em``, ``f1``, ``cover_em``), or ``module:function`` of your own.
+        invalid_reward: What a NaN or infinite reward does: ``error`` stops training with a message naming the
+            question and the answer; ``zero`` scores it 0 and counts it in ``train/invalid_rewards``.
         advantage_scale: ``group`` (GRPO), ``batch``, or ``none`` (Dr. GRPO).
         loss_agg: Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm.
         clip_low: Lower clip of the ratio, 1 - clip_low.
@@ -145,6 +156,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         batch_size: int = 8,
         oversample: int = 1,
         reward: str = "em",
+        invalid_reward: Literal["error", "zero"] = "error",
         advantage_scale: Literal["group", "batch", "none"] = "group",
         loss_agg: str = "token-mean",
         clip_low: float = 0.2,
@@ -185,22 +197,18 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.skipped_steps = 0
         self.timer = PhaseTimer()  # where each training step's time goes
         self.step_rollouts = 0  # trajectories rolled out in the current training step
+        self.step_invalid_rewards = 0  # non-finite rewards scored 0 in the current training step
         self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
 
     # -- set-up -----------------------------------------------------------------------------
 
     def _check_settings(self) -> None:
         h = self.hparams
-        if h.group_size < 2:
-            raise ValueError(f"model.group_size must be at least 2 (got {h.group_size})")
-        for name in ("batch_size", "oversample", "micro_batch_size", "update_epochs"):
-            if h[name] < 1:
-                raise ValueError(f"model.{name} must be at least 1 (got {h[name]})")
-        if (h.group_size * h.batch_size) % h.micro_batch_size:
-            raise ValueError(f"model.micro_batch_size ({h.micro_batch_size}) must divide group_size * batch_size "
-                             f"({h.group_size * h.batch_size})")  # fmt: skip
+        check_grpo_settings(h)  # sizes, clipping, reward name: also run on the raw config before any import
         if h.loss_agg not in AGGREGATIONS:
             raise ValueError(f"model.loss_agg must be one of {', '.join(AGGREGATIONS)} (got {h.loss_agg!r})")
+        if h.invalid_reward not in INVALID_REWARDS:
+            raise ValueError(f"model.invalid_reward must be error or zero (got {h.invalid_reward!r})")
         if h.kl_estimator not in KL_KINDS:
             raise ValueError(f"model.kl_estimator must be one of {', '.join(KL_KINDS)} (got {h.kl_estimator!r})")
         if not 0 <= h.clip_low < 1 or h.clip_high < 0:
@@ -278,6 +286,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         start = time.perf_counter()
         self.timer.reset()
         self.step_rollouts = 0
+        self.step_invalid_rewards = 0
         sampled = self.sample(batch)
         if self.rollout_engine is not None:
             self.rollout_engine.sleep()  # hand the engine's memory to the update (with sleep mode on)
@@ -350,7 +359,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         rank, world = rank_and_world()
         mine = [questions[i] for i in shard(questions, rank, world)]
         engine = self._engine(sampling(rank))
-        agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config)
+        agent = AgentLoop(engine, self.retriever, self.tokenizer, self.rollout_config,
+                          context_length=context_length_of(self.policy))  # fmt: skip
         flat = agent.rollout([q.question for q in mine for _ in range(k)])
         # The agent loop's own bookkeeping (parsing, token ids) stays booked as "rollout".
         self.timer.add("generate", agent.stats.generate_seconds, within="rollout")
@@ -379,12 +389,24 @@ class GRPOModule(ExportsPolicy, LightningModule):
         return SamplingConfig(s.temperature, s.top_p, s.top_k, seed)
 
     def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:
-        """The configured reward of each trajectory, grouped like ``groups``."""
+        """The configured reward of each trajectory, grouped like ``groups``.
+
+        A reward that raises or returns no number stops training with a ``RewardError`` naming the
+        reward and the question; a non-finite one too, or is scored 0 and counted with
+        ``invalid_reward: zero``. Raising here, before any pool report, leaves the drawn queries active.
+        """
+        h = self.hparams
+        rewards = []
         with self.timer("reward"):
-            return [
-                [self.reward_fn(t.answer, q.golden_answers) for t in group]
-                for group, q in zip(groups, questions, strict=True)
-            ]
+            for group, q in zip(groups, questions, strict=True):
+                row = []
+                for t in group:
+                    value, invalid = score_answer(self.reward_fn, h.reward, t.answer, q.golden_answers, q.id,
+                                                  h.invalid_reward)  # fmt: skip
+                    self.step_invalid_rewards += invalid
+                    row.append(value)
+                rewards.append(row)
+        return rewards
 
     def pick_effective_batch(self, kinds: list[GroupKind]) -> list[int]:
         """Indices of at most ``batch_size`` signal groups, in draw order."""
@@ -405,6 +427,9 @@ class GRPOModule(ExportsPolicy, LightningModule):
         examples = [{"input_ids": t.prompt_ids + t.response_ids, "loss_mask": [0] * len(t.prompt_ids) + t.loss_mask}
                     for t in trajectories]  # fmt: skip
         num_tokens = float(sum(sum(e["loss_mask"][1:]) for e in examples))
+        # The seq-mean modes count only sequences with a trainable token (veRL's agg_loss), so the
+        # fully masked filler rows below need no special case.
+        num_seqs = sum(any(e["loss_mask"][1:]) for e in examples)
         rank, world = rank_and_world()
         rows, padding = balanced_rows(len(examples), rank, world)
         filler = {"input_ids": examples[0]["input_ids"], "loss_mask": [0] * len(examples[0]["input_ids"])}
@@ -413,7 +438,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         padded = {k: v.to(self.device) for k, v in pad_batch(local, self.tokenizer.pad_token_id).items()}
         return UpdateBatch(
             padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(self.device),
-            num_tokens=num_tokens, num_seqs=len(examples), loss_scale=float(world),
+            num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world),
         )  # fmt: skip
 
     def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -484,7 +509,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         n = batch.input_ids.shape[0]
         mask = batch.loss_mask[:, 1:]  # (N, L-1): token t+1 is predicted at position t
         num_tokens = mask.sum().item() if batch.num_tokens is None else batch.num_tokens
-        num_seqs = n if batch.num_seqs is None else batch.num_seqs
+        num_seqs = int((mask.sum(-1) > 0).sum()) if batch.num_seqs is None else batch.num_seqs
         norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": self.rollout_config.max_total_tokens}
         totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
         finite = True
@@ -580,6 +605,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.log("train/too_easy_fraction", kinds.count("too_easy") / drawn)
         self.log("train/too_hard_fraction", kinds.count("too_hard") / drawn)
         self.log("train/effective_batch_size", float(len(chosen)))
+        self.log("train/invalid_rewards", float(self.step_invalid_rewards))
         self.log("train/response_length", sum(sum(t.loss_mask) for t in flat) / max(1, len(flat)))
         self.log("train/num_searches", sum(t.num_searches for t in flat) / max(1, len(flat)))
         self.log("train/rollouts_per_update", float(len(flat)))

@@ -68,30 +68,39 @@ def aggregate(
     num_seqs: int | None = None,
     horizon: int | None = None,
 ) -> torch.Tensor:
-    """Reduce a (N, T) per-token loss to a scalar, with veRL's ``agg_loss`` meanings.
+    """Reduce a (N, T) per-token loss to a scalar, with the meanings of veRL's ``agg_loss`` (0.9).
 
     ``token-mean``: sum over all masked tokens / number of masked tokens.
     ``seq-mean-token-mean``: mean over sequences of each sequence's token mean.
     ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
-    ``seq-mean-token-sum-norm``: sum of the sequences' token sums / ``horizon`` (Dr. GRPO; veRL
-    uses the padded width T, which changes with the batch, so pass a fixed ``horizon``).
+    ``seq-mean-token-sum-norm``: mean over sequences of each sequence's token sum, divided by
+    ``horizon`` (Dr. GRPO: 1/G, then a constant length). veRL's default horizon is the padded
+    width T, which changes with the batch, so pass a fixed ``horizon``.
+
+    The seq-mean modes count only sequences with at least one trainable token: a fully masked
+    row (a data-parallel filler row, a response cut to nothing) adds nothing and is not counted.
 
     ``num_tokens`` and ``num_seqs`` replace the counts of this tensor by those of the whole
-    batch when ``loss`` is one micro-batch of it.
+    batch when ``loss`` is one micro-batch of it (``num_seqs``: the non-empty sequences). A
+    batch with nothing trainable gives 0.
     """
     mask = mask.to(loss.dtype)
     token_sums = (loss * mask).sum(-1)  # (N,)
     if agg == "token-mean":
         denominator = mask.sum() if num_tokens is None else num_tokens
         return token_sums.sum() / torch.as_tensor(denominator, dtype=loss.dtype).clamp(min=1)
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"agg must be one of {', '.join(AGGREGATIONS)} (got {agg!r})")
+    token_counts = mask.sum(-1)  # (N,)
+    # Fully masked rows have a token sum of 0 already; leaving them out of the count is what matters.
+    sequences = (token_counts > 0).sum() if num_seqs is None else num_seqs
+    sequences = torch.as_tensor(sequences, dtype=loss.dtype).clamp(min=1)
     if agg == "seq-mean-token-mean":
-        per_seq = token_sums / mask.sum(-1).clamp(min=1)
-        return per_seq.sum() / (num_seqs if num_seqs is not None else max(1, loss.shape[0]))
+        return (token_sums / token_counts.clamp(min=1)).sum() / sequences
+    seq_mean = token_sums.sum() / sequences
     if agg == "seq-mean-token-sum":
-        return token_sums.sum() / (num_seqs if num_seqs is not None else max(1, loss.shape[0]))
-    if agg == "seq-mean-token-sum-norm":
-        return token_sums.sum() / (horizon if horizon is not None else loss.shape[-1])
-    raise ValueError(f"agg must be one of {', '.join(AGGREGATIONS)} (got {agg!r})")
+        return seq_mean
+    return seq_mean / (horizon if horizon is not None else loss.shape[-1])
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

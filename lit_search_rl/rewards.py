@@ -2,20 +2,27 @@
 
 The normalisation is SQuAD's (lowercase, punctuation removed, articles a/an/the dropped,
 whitespace collapsed), as FlashRAG and Search-R1 score. A trajectory without an answer gets 0.
+``score_answer`` calls any reward, a user's own included, and turns its failures into one-line
+errors that name the reward and the question.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from lit_search_rl.rollout.actions import extract_answer
 
 __all__ = [
+    "INVALID_REWARDS",
     "REWARDS",
+    "RewardError",
     "cover_exact_match",
     "exact_match",
     "extract_answer",
@@ -23,6 +30,7 @@ __all__ = [
     "get_reward",
     "normalize_answer",
     "register_reward",
+    "score_answer",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -95,3 +103,60 @@ def get_reward(name: str) -> RewardFn:
     if not callable(fn):
         raise ValueError(f"reward {name!r} is not a function of (answer, golden_answers)")
     return fn
+
+
+InvalidReward = Literal["error", "zero"]
+INVALID_REWARDS: tuple[str, ...] = ("error", "zero")
+
+
+class RewardError(ValueError):
+    """A reward failed on a question, or returned no finite number. A ValueError, so the CLI prints one line."""
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def score_answer(
+    fn: RewardFn,
+    name: str,
+    answer: str | None,
+    golden_answers: Sequence[str],
+    question_id: str,
+    invalid: InvalidReward = "error",
+) -> tuple[float, bool]:
+    """``fn(answer, golden_answers)`` as a float, and whether it was an invalid (non-finite) reward.
+
+    Args:
+        fn: the reward function.
+        name: the reward as the config names it (``em``, ``my_module:my_reward``), for messages.
+        answer: the trajectory's extracted answer (None: it gave none).
+        golden_answers: the question's golden answers.
+        question_id: the question's id, for messages.
+        invalid: what a NaN or infinite reward does: ``error`` raises, ``zero`` scores it 0 (and
+            says so in the flag, for counting). A NaN would otherwise poison the group's advantages.
+
+    Raises:
+        RewardError: naming the reward and the question, when the function raises, returns
+            something that is not a number, or (with ``invalid: error``) a non-finite one.
+    """
+    try:
+        value = fn(answer, golden_answers)
+    except Exception as error:  # the user's code: any bug in it is reported as the reward's
+        raise RewardError(f"reward {name} raised {type(error).__name__} on question {question_id}: {error}") from error
+    # numpy and 0-d torch tensors convert with float(); strings and None are no numbers.
+    if not isinstance(value, numbers.Real) and (isinstance(value, str | bytes) or not hasattr(value, "__float__")):
+        raise RewardError(f"reward {name} returned {_shown(value)} on question {question_id} (expected a number)")
+    try:
+        reward = float(value)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a tensor of many elements
+        raise RewardError(f"reward {name} returned {_shown(value)} on question {question_id} "
+                          f"(expected a number): {error}") from None  # fmt: skip
+    if math.isfinite(reward):
+        return reward, False
+    if invalid == "zero":
+        return 0.0, True
+    given = "no answer" if answer is None else f"the answer {_shown(answer)}"
+    raise RewardError(f"reward {name} returned {reward} on question {question_id} for {given} (expected a finite "
+                      "number); set model.invalid_reward: zero to score such answers 0")  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_search_rl.cli import main
+from lit_search_rl.cli import main, precheck
 
 ROOT = Path(__file__).resolve().parents[1]
 RECYCLE = str(ROOT / "configs/synthetic/grpo-recycle.yaml")
@@ -40,7 +40,6 @@ def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECY
         (["--model.init_args.group_size", "1"], ["model.group_size", "at least 2", "got 1"]),
         (["--model.init_args.batch_size", "0"], ["model.batch_size", "at least 1"]),
         (["--model.init_args.micro_batch_size", "3"], ["model.micro_batch_size", "must divide", "16"]),
-        (["--model.init_args.reward", "nope"], ["model.reward", "'nope'", "cover_em, em, f1", "module:function"]),
         (["--data.init_args.strategy", "foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo", "'foo'"]),
         (["--data.strategy=foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo"]),
         (["--model.init_args.learning_rate", "abc"], ["model.learning_rate", "a number", "'abc'"]),
@@ -242,3 +241,18 @@ def test_an_error_raised_while_a_class_is_built_is_shown_without_jsonargparse_la
         parser.instantiate_classes(config)
     assert "Union" in str(raised.value)  # what jsonargparse raises: the error in its layers
     assert error_message(raised.value, "") == "model.size must be at least 2 (got 1)"
+
+
+def test_an_unknown_reward_is_named_once_the_classes_are_resolved(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), "--model.reward", "nope"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after Lightning's "Seed set to 0"
+    assert line.startswith("lit-search-rl fit: error: model.reward: unknown reward 'nope'") and len(line) < 200
+    assert "cover_em, em, f1" in line and "module:function" in line
+
+
+def test_the_fast_check_leaves_reward_names_to_the_resolved_classes(tmp_path: Path) -> None:
+    # tests.distributed_helpers registers "coin" when a callback of it is imported: the fast check must not refuse it.
+    reward = ["--model.init_args.reward", "registered-by-an-imported-module"]
+    precheck(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), *reward])

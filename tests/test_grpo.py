@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,49 @@ def test_group_classification() -> None:
     assert classify_group([1.0] * 4) == "too_easy"
     assert classify_group([0.0] * 4) == "too_hard"
     assert classify_group([0.5, 0.5]) == "too_easy"  # non-binary: zero variance, rewarded
+    # A NaN compares false with everything: refused, rather than classified by its position.
+    for rewards in ([math.nan, 1.0], [1.0, math.nan], [math.nan, math.nan], [0.0, math.inf]):
+        with pytest.raises(ValueError, match="finite"):
+            classify_group(rewards)
+
+
+def nan_for_paris(answer: str | None, golden_answers: list[str]) -> float:
+    """A user's reward that returns NaN for one answer."""
+    return math.nan if answer == "Paris" else 1.0
+
+
+_calls = itertools.count()
+
+
+def nan_coin(answer: str | None, golden_answers: list[str]) -> float:
+    """NaN on every third call, otherwise 0 and 1 in turn: signal groups, with NaNs among them."""
+    i = next(_calls)
+    return math.nan if i % 3 == 0 else float(i % 2)
+
+
+def test_score_names_the_reward_and_the_question(model_dir: Path, bm25_dir: Path) -> None:
+    from lit_search_rl.data.qa import QARecord
+    from lit_search_rl.rollout.agent import Trajectory
+
+    questions = [QARecord("q0", "Who?", ("ann",)), QARecord("q17", "Where?", ("paris",))]
+    groups = [[Trajectory([1], answer="Ann"), Trajectory([1])], [Trajectory([1], answer="Paris"), Trajectory([1])]]
+    m = module(model_dir, bm25_dir, reward="tests.test_rewards_metrics:raising_reward")
+    with pytest.raises(ValueError, match="^reward tests.test_rewards_metrics:raising_reward raised ValueError on "
+                                         "question q0: golden answers must not be empty$"):  # fmt: skip
+        m.score(groups, questions)
+    m = module(model_dir, bm25_dir, reward="tests.test_rewards_metrics:none_reward")
+    with pytest.raises(ValueError, match=r"^reward tests.test_rewards_metrics:none_reward returned None on "
+                                         r"question q0 \(expected a number\)$"):  # fmt: skip
+        m.score(groups, questions)
+    m = module(model_dir, bm25_dir, reward="tests.test_grpo:nan_for_paris")
+    with pytest.raises(ValueError, match="^reward tests.test_grpo:nan_for_paris returned nan on question q17 "
+                                         "for the answer 'Paris'.*model.invalid_reward"):  # fmt: skip
+        m.score(groups, questions)
+    m = module(model_dir, bm25_dir, reward="tests.test_grpo:nan_for_paris", invalid_reward="zero")
+    assert m.score(groups, questions) == [[1.0, 1.0], [0.0, 1.0]]
+    assert m.step_invalid_rewards == 1
+    with pytest.raises(ValueError, match="model.invalid_reward must be error or zero"):
+        module(model_dir, bm25_dir, invalid_reward="skip")
 
 
 def random_batch(m: GRPOModule, groups: list[list[float]], width: int = 12) -> UpdateBatch:
@@ -75,6 +121,37 @@ def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path,
         m.accumulate_gradients(batch)
         for name, g in grads(m).items():
             assert torch.allclose(g, whole[name], atol=1e-6, rtol=1e-4), (micro, name)
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_a_fully_masked_row_changes_no_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
+    # A row without a trainable token (a filler row of data parallelism, an empty response) is not a
+    # sequence of the seq-mean: adding one leaves the loss and gradient as they were.
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4, loss_agg=agg)
+    m.configure_model()
+    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
+    _, before = m.accumulate_gradients(batch)
+    without = grads(m)
+    m.policy.zero_grad(set_to_none=True)
+    padded = UpdateBatch(torch.cat([batch.input_ids, batch.input_ids[:1]]),
+                         torch.cat([batch.attention_mask, batch.attention_mask[:1]]),
+                         torch.cat([batch.loss_mask, torch.zeros_like(batch.loss_mask[:1])]),
+                         torch.cat([batch.advantages, torch.ones(1)]),
+                         torch.cat([batch.old_logprobs, batch.old_logprobs[:1]]))  # fmt: skip
+    _, after = m.accumulate_gradients(padded)
+    assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
+    for name, g in grads(m).items():
+        assert torch.allclose(g, without[name], atol=1e-7, rtol=1e-5), name
+
+
+def test_update_batch_counts_only_sequences_with_trainable_tokens(model_dir: Path, bm25_dir: Path) -> None:
+    from lit_search_rl.rollout.agent import Trajectory
+
+    m = module(model_dir, bm25_dir, group_size=2, batch_size=2, micro_batch_size=2)
+    groups = [[Trajectory([5, 6], [7, 8], [1, 1]), Trajectory([5, 6], [9], [0])],  # the second: nothing trainable
+              [Trajectory([5], [7, 8, 9], [1, 0, 1]), Trajectory([5], [8], [1])]]  # fmt: skip
+    batch = m.make_update_batch(groups, [[1.0, 0.0], [0.0, 1.0]], [0, 1])
+    assert batch.num_seqs == 3 and batch.num_tokens == 5.0
 
 
 def test_on_policy_pass_equals_a_frozen_old_logprob_pass(model_dir: Path, bm25_dir: Path) -> None:
@@ -118,15 +195,15 @@ def test_masked_tokens_get_no_gradient(model_dir: Path, bm25_dir: Path) -> None:
     assert all((g == 0).all() for g in grads(m).values())
 
 
-def fit(
+def fit_args(
     tmp_path: Path,
     model_dir: Path,
     world_dir: Path,
     bm25_dir: Path,
     *extra: str,
     cls: str = "lit_search_rl.grpo.GRPOModule",
-):
-    args = [
+) -> list[str]:
+    return [
         "fit",
         "--config", str(ROOT / "configs/synthetic/grpo.yaml"),
         "--model", cls,
@@ -147,7 +224,11 @@ def fit(
         "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
         *extra,
     ]  # fmt: skip
-    return SearchRLCLI(args=args)
+
+
+def fit(tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, *extra: str,
+        cls: str = "lit_search_rl.grpo.GRPOModule"):  # fmt: skip
+    return SearchRLCLI(args=fit_args(tmp_path, model_dir, world_dir, bm25_dir, *extra, cls=cls))
 
 
 @pytest.mark.parametrize("update_epochs", [1, 2])
@@ -197,6 +278,44 @@ def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(tmp_path: 
     initial = AutoModelForCausalLM.from_pretrained(model_dir)
     assert all(p.equal(dict(initial.named_parameters())[n]) for n, p in m.policy.named_parameters())
     assert all(torch.isfinite(p).all() for p in m.policy.parameters())
+
+
+RECYCLING = ["--data", "lit_search_rl.data.recycling_datamodule.RecyclingDataModule", "--data.val_sets", "[]",
+             "--data.test_sets", "[]"]  # fmt: skip
+
+
+def test_invalid_rewards_scored_zero_are_counted_and_train(tmp_path: Path, model_dir: Path, world_dir: Path,
+                                                           bm25_dir: Path) -> None:  # fmt: skip
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *RECYCLING, "--data.train", str(world_dir / "train.jsonl"),
+              "--model.reward", "tests.test_grpo:nan_coin", "--model.invalid_reward", "zero")  # fmt: skip
+    m = cli.model
+    assert m.trainer.global_step >= 1 and m.skipped_steps == 0
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    invalid = [e.value for e in events.Scalars("train/invalid_rewards")]
+    assert len(invalid) == 2 and sum(invalid) >= 2  # a third of 2 steps x 4 questions x 2 rollouts
+    assert all(math.isfinite(e.value) for e in events.Scalars("train/reward_mean"))
+    assert all(math.isfinite(e.value) for e in events.Scalars("train/loss"))
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [
+        ("tests.test_rewards_metrics:raising_reward", "raised ValueError on question .+: golden answers must not be"),
+        ("tests.test_rewards_metrics:none_reward", r"returned None on question \S+ \(expected a number\)"),
+        ("tests.test_grpo:nan_coin", "returned nan on question .+ for "),
+    ],
+)
+def test_a_failing_reward_stops_fit_with_one_line_naming_it(tmp_path: Path, model_dir: Path, world_dir: Path,
+                                                            bm25_dir: Path, capsys: pytest.CaptureFixture,
+                                                            reward: str, message: str) -> None:  # fmt: skip
+    from lit_search_rl.cli import main
+
+    args = fit_args(tmp_path, model_dir, world_dir, bm25_dir, *RECYCLING, "--data.train",
+                    str(world_dir / "train.jsonl"), "--model.reward", reward)  # fmt: skip
+    assert main(args) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert re.match(f"lit-search-rl fit: error: reward {re.escape(reward)} {message}", line), line
 
 
 def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, model_dir: Path, bm25_dir: Path) -> None:

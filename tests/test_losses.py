@@ -51,10 +51,41 @@ def test_aggregation_modes_by_hand() -> None:
     assert aggregate(loss, mask, "token-mean").item() == pytest.approx(7 / 3)
     assert aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 4.0) / 2)
     assert aggregate(loss, mask, "seq-mean-token-sum").item() == pytest.approx((3 + 4) / 2)
-    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 3)  # veRL: / T
-    assert aggregate(loss, mask, "seq-mean-token-sum-norm", horizon=4).item() == pytest.approx(7 / 4)
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx((3 + 4) / 2 / 3)  # veRL: / T
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm", horizon=4).item() == pytest.approx((3 + 4) / 2 / 4)
     with pytest.raises(ValueError, match="agg"):
         aggregate(loss, mask, "sum")
+
+
+def test_aggregation_leaves_fully_masked_rows_out_of_the_sequence_count() -> None:
+    # Row 2 has no trainable token (a data-parallel filler row, or a response cut to nothing):
+    # as in veRL's agg_loss, it is not one of the sequences the seq-mean modes average over.
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    assert aggregate(loss, mask, "token-mean").item() == pytest.approx(7 / 3)
+    assert aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 4.0) / 2)
+    assert aggregate(loss, mask, "seq-mean-token-sum").item() == pytest.approx((3 + 4) / 2)
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx((3 + 4) / 2 / 3)
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm", horizon=8).item() == pytest.approx((3 + 4) / 2 / 8)
+    # Whole-batch counts given for a micro-batch are taken as they are (the caller counts non-empty rows).
+    assert aggregate(loss, mask, "seq-mean-token-mean", num_seqs=5).item() == pytest.approx((1.5 + 4.0) / 5)
+    assert aggregate(loss, mask, "seq-mean-token-sum", num_seqs=5).item() == pytest.approx((3 + 4) / 5)
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm", num_seqs=5, horizon=8).item() == pytest.approx(
+        (3 + 4) / 5 / 8
+    )
+    # Nothing trainable at all: a loss of exactly 0 in every mode, never 0 / 0.
+    for agg in AGGREGATIONS:
+        assert aggregate(loss, torch.zeros_like(mask), agg).item() == 0.0
+
+
+def test_seq_mean_token_sum_norm_does_not_grow_with_the_number_of_sequences() -> None:
+    # Dr. GRPO's 1/G: repeating the same sequences leaves the loss as it is, whatever the batch size.
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    one = aggregate(loss, mask, "seq-mean-token-sum-norm", horizon=10)
+    four = aggregate(loss.repeat(4, 1), mask.repeat(4, 1), "seq-mean-token-sum-norm", horizon=10)
+    assert one.item() == pytest.approx((6 + 9) / 2 / 10)
+    assert four.item() == pytest.approx(one.item())
 
 
 def test_policy_loss_by_hand_with_clip_higher_and_dual_clip() -> None:

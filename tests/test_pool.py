@@ -163,3 +163,75 @@ def test_recycling_datamodule_resumes_with_the_same_draws(world_dir) -> None:
     resumed.load_state_dict(saved)  # before setup, as when Lightning restores a checkpoint
     resumed.setup("fit")
     assert head + run(resumed, 3) == uninterrupted
+
+
+class ScoringFailed(Exception):
+    pass
+
+
+def fail_on_round(n: int):
+    """Outcomes for ``sampling_step`` that raise on the n-th round, as a failing reward does."""
+    rounds = iter(range(10**6))
+
+    def outcomes(idx):
+        if next(rounds) == n:
+            raise ScoringFailed("the reward raised")
+        return ["signal" if i % 2 else "too_hard" for i in idx]
+
+    return outcomes
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_failed_scoring_leaves_the_draw_undone(name: str) -> None:
+    # No query whose group was not scored is consumed, and the pool draws next exactly as if the
+    # failed draw never happened (a checkpoint written after the failure resumes exactly).
+    pool, twin = QueryPool(IDS, seed=5), QueryPool(IDS, seed=5)
+    strategy = make_strategy(name, batch_size=4, oversample=2, max_rounds=3)
+    sampling_step(pool, strategy, fail_on_round(10))  # one step that succeeds on both
+    sampling_step(twin, strategy, fail_on_round(10))
+    before = pool.state_dict()
+    with pytest.raises(ScoringFailed):
+        sampling_step(pool, strategy, fail_on_round(0))
+    after = pool.state_dict()
+    assert pool.active == twin.active and (pool.weights == before["weights"]).all()
+    assert all(np.array_equal(after[k], before[k]) if isinstance(before[k], np.ndarray) else after[k] == before[k]
+               for k in before)  # fmt: skip
+    assert (pool.draw(8) == twin.draw(8)).all()
+
+
+def test_a_failed_later_round_undoes_the_whole_step() -> None:
+    # DAPO's second round fails after the first was reported: the first round's consumed queries come back too.
+    pool = QueryPool(IDS, seed=2)
+    before = pool.state_dict()
+    with pytest.raises(ScoringFailed):
+        sampling_step(pool, make_strategy("dapo", batch_size=4, max_rounds=3), fail_on_round(1))
+    assert pool.active == len(IDS) and pool.counters == before["counters"]
+    assert (pool.last_outcome == before["last_outcome"]).all() and (pool.times_drawn == 0).all()
+
+
+def test_a_failed_scoring_at_an_epoch_boundary_restores_the_old_epoch() -> None:
+    pool = QueryPool(IDS[:6], seed=1)
+    pool.report(pool.draw(4), ["signal"] * 4, [0.0] * 4)  # 2 active: the next draw of 4 starts an epoch
+    before = pool.state_dict()
+    strategy = make_strategy("grpo", batch_size=4)
+    with pytest.raises(ScoringFailed):
+        sampling_step(pool, strategy, fail_on_round(0))
+    assert pool.epoch == before["epoch"] == 0 and pool.active == 2
+    assert (pool.weights == before["weights"]).all() and (pool.epoch_draws == before["epoch_draws"]).all()
+    assert pool.counters == before["counters"]
+
+
+def test_recycling_datamodule_keeps_the_drawn_queries_active_when_scoring_fails(world_dir) -> None:
+    from lit_search_rl.data.recycling_datamodule import RecyclingDataModule
+
+    dm = RecyclingDataModule(str(world_dir / "train.jsonl"), batch_size=3, oversample=2, seed=4)
+    dm.setup("fit")
+    dm.sampling_step(lambda records, idx: ["signal"] * len(records))  # 3 consumed
+    digest, active = dm.pool_digest(), dm.pool.active
+
+    def failing(records, idx):
+        raise ValueError(f"reward my:fn raised ValueError on question {records[0].id}: boom")
+
+    with pytest.raises(ValueError, match="reward my:fn"):
+        dm.sampling_step(failing)
+    assert dm.pool.active == active == len(dm.records) - 3 and dm.pool_digest() == digest

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from lit_search_rl.metrics import F1, ExactMatch
 from lit_search_rl.rewards import (
     REWARDS,
+    RewardError,
     cover_exact_match,
     exact_match,
     extract_answer,
@@ -15,6 +19,7 @@ from lit_search_rl.rewards import (
     get_reward,
     normalize_answer,
     register_reward,
+    score_answer,
 )
 
 
@@ -56,6 +61,41 @@ def test_reward_by_import_path() -> None:
         get_reward("lit_search_rl.rewards:nope")
     with pytest.raises(ValueError, match="reward 'lit_search_rl.rewards:REWARDS' is not a function"):
         get_reward("lit_search_rl.rewards:REWARDS")
+
+
+def raising_reward(answer: str | None, golden_answers: list[str]) -> float:
+    """A user's reward with a bug: it raises on every answer."""
+    raise ValueError("golden answers must not be empty")
+
+
+def none_reward(answer: str | None, golden_answers: list[str]) -> float:
+    """A user's reward that forgot its return statement."""
+    return None  # type: ignore[return-value]
+
+
+def test_reward_failures_name_the_reward_and_the_question() -> None:
+    name = "tests.test_rewards_metrics:raising_reward"
+    with pytest.raises(RewardError, match=f"^reward {name} raised ValueError on question q17: golden answers must not"):
+        score_answer(raising_reward, name, "Paris", ["paris"], "q17")
+    with pytest.raises(RewardError, match=r"^reward my:fn returned None on question q17 \(expected a number\)$"):
+        score_answer(none_reward, "my:fn", "Paris", ["paris"], "q17")
+    with pytest.raises(RewardError, match=r"^reward my:fn returned 'yes' on question q3 \(expected a number\)$"):
+        score_answer(lambda a, g: "yes", "my:fn", "Paris", ["paris"], "q3")
+    assert issubclass(RewardError, ValueError)  # the command line prints it as one line
+
+
+def test_a_non_finite_reward_is_an_error_or_an_explicit_zero() -> None:
+    nan = lambda a, g: float("nan")  # noqa: E731
+    with pytest.raises(RewardError, match=r"^reward my:fn returned nan on question q4 for the answer 'Paris'"):
+        score_answer(nan, "my:fn", "Paris", ["paris"], "q4")
+    with pytest.raises(RewardError, match="returned inf on question q4 for no answer"):
+        score_answer(lambda a, g: math.inf, "my:fn", None, ["paris"], "q4")
+    assert score_answer(nan, "my:fn", "Paris", ["paris"], "q4", invalid="zero") == (0.0, True)
+    assert score_answer(lambda a, g: -math.inf, "my:fn", "x", ["x"], "q4", invalid="zero") == (0.0, True)
+    # Any real number is fine, numpy's and tensors' included.
+    assert score_answer(lambda a, g: np.float32(0.5), "my:fn", "x", ["x"], "q4") == (0.5, False)
+    assert score_answer(lambda a, g: torch.tensor(1.0), "my:fn", "x", ["x"], "q4") == (1.0, False)
+    assert score_answer(exact_match, "em", "Paris", ["paris"], "q4") == (1.0, False)
 
 
 def test_metrics_accumulate_and_reset() -> None:

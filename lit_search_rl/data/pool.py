@@ -5,7 +5,8 @@ within the draw. After a step the sampling strategy reports what each drawn quer
 (``signal``, ``too_easy``, ``too_hard``) and sets its new weight: 0 consumes it, anything
 above 0 keeps it active. Every query is always in exactly one state, active (weight > 0) or
 consumed, and the state is one ``state_dict``, so a restored pool draws exactly as the
-original would have.
+original would have. Draws and reports inside ``transaction()`` are undone when it raises, so a
+step whose groups could not be scored consumes nothing and leaves no trace.
 
 Usable on its own, with no model: the pool simulator and most tests drive it directly. Arrays
 are numpy, so a draw and report on a million queries costs milliseconds.
@@ -14,7 +15,8 @@ are numpy, so a draw and report on a million queries costs milliseconds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -101,6 +103,7 @@ class QueryPool:
         self.rng = np.random.default_rng(seed)
         self._tree = _Fenwick(self.weights)
         self._active = n
+        self._journal: list[tuple] | None = None  # what to undo, inside a transaction
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -130,6 +133,8 @@ class QueryPool:
             if self.exhaustion == "stop":
                 raise PoolExhausted(f"only {self.active} active queries are left for a draw of {n} "
                                     f"(epoch {self.epoch}); training stops (exhaustion: stop)")  # fmt: skip
+            if self._journal is not None:
+                self._journal.append(("epoch", self.weights.copy(), self.epoch_draws.copy()))
             self.new_epoch()
         chosen: list[int] = []
         picked: set[int] = set()
@@ -153,6 +158,8 @@ class QueryPool:
             chosen += self.rng.choice(rest, size=n - len(chosen), replace=False, p=p).tolist()
             self._tree.rebuild(self.weights)
         result = np.asarray(chosen, dtype=np.int64)
+        if self._journal is not None:
+            self._journal.append(("draw", result.copy()))
         self.times_drawn[result] += 1
         self.epoch_draws[result] += 1
         self.counters["draws"] += 1
@@ -183,6 +190,8 @@ class QueryPool:
         if (weights < 0).any():
             raise ValueError("weights must not be negative")
         previous = self.last_outcome[indices]
+        if self._journal is not None:
+            self._journal.append(("report", indices.copy(), self.weights[indices].copy(), previous.copy()))
         signal = codes == _CODE["signal"]
         flips = {
             "recovery": int(np.count_nonzero(signal & (previous == _CODE["too_hard"]))),
@@ -196,6 +205,41 @@ class QueryPool:
         self.counters.update({f"outcome_{o}": int(np.count_nonzero(codes == c)) for o, c in _CODE.items()})
         self.counters.update(flips)
         return flips
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every draw and report made in the block if it raises, then re-raise.
+
+        A step whose rollouts or rewards fail must not consume (or count, or advance the draw
+        generator for) queries it never scored: afterwards the pool is as before the block, and
+        a checkpoint of it resumes as if the step had not started. Undoing is O(pool size), but
+        only on failure; a block that succeeds costs nothing extra.
+        """
+        if self._journal is not None:
+            raise RuntimeError("pool transactions do not nest")
+        saved = (self.rng.bit_generator.state, Counter(self.counters), self.epoch)
+        self._journal = []
+        try:
+            yield
+        except BaseException:
+            self._undo(self._journal, *saved)
+            raise
+        finally:
+            self._journal = None
+
+    def _undo(self, journal: list[tuple], rng_state: dict, counters: Counter, epoch: int) -> None:
+        for entry in reversed(journal):
+            if entry[0] == "draw":
+                self.times_drawn[entry[1]] -= 1  # a draw's indices are distinct
+                self.epoch_draws[entry[1]] -= 1
+            elif entry[0] == "epoch":
+                self.weights[:], self.epoch_draws[:] = entry[1], entry[2]
+            else:  # report
+                _, indices, weights, outcomes = entry
+                self.weights[indices], self.last_outcome[indices] = weights, outcomes
+        self.rng.bit_generator.state = rng_state
+        self.counters, self.epoch = counters, epoch
+        self._sync()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restored pool needs to draw exactly as this one would."""

@@ -2,7 +2,8 @@
 
 ``sampling_step`` is the loop every strategy shares; the outcome of each drawn query comes
 from a function, so the same code runs with real rollouts (the GRPO module) and with the
-pool simulator (no model). Outcomes reach the pool before the next draw.
+pool simulator (no model). Outcomes reach the pool before the next draw. A step that raises
+(a reward that fails, an interrupted rollout) is undone: the pool is left as before it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ class StepResult:
 def sampling_step(
     pool: QueryPool, strategy: Strategy, outcomes_of: Callable[[np.ndarray], Sequence[Outcome]]
 ) -> StepResult:
-    """Run the strategy's rounds for one optimizer step and report every drawn query to the pool."""
+    """Run the strategy's rounds for one optimizer step and report every drawn query to the pool.
+
+    If ``outcomes_of`` raises, every draw and report of the step is undone before the error goes on:
+    a query whose group was not scored is never consumed.
+    """
+    with pool.transaction():
+        return _rounds(pool, strategy, outcomes_of)
+
+
+def _rounds(pool: QueryPool, strategy: Strategy, outcomes_of: Callable[[np.ndarray], Sequence[Outcome]]) -> StepResult:
     result = StepResult()
     for _ in range(strategy.rounds()):
         room = strategy.batch_size - len(result.chosen)

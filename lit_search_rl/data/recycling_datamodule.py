@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_search_rl.checks import check_recycling_settings
 from lit_search_rl.data.eval_data import EvalDataModule
 from lit_search_rl.data.eval_sets import EvalSet
 from lit_search_rl.data.pool import Outcome, QueryPool
@@ -65,6 +66,10 @@ class RecyclingDataModule(EvalDataModule):
         test_sets: list[EvalSet] | None = None,
         eval_batch_size: int = 32,
     ) -> None:
+        # Checked now, when the config is read, not in setup after the model has loaded.
+        check_recycling_settings({"strategy": strategy, "recycled_weight": recycled_weight, "max_rounds": max_rounds,
+                                  "exhaustion": exhaustion, "batch_size": batch_size, "oversample": oversample,
+                                  "check_every": check_every, "eval_batch_size": eval_batch_size})  # fmt: skip
         super().__init__(val_sets, test_sets, eval_batch_size)
         self.train_path = Path(train)
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
