@@ -209,8 +209,9 @@ class CheckpointGuard(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signum, self.saved = None, None
+        folders = checkpoint_folders(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            for folder in checkpoint_folders(trainer):
+            for folder in folders:
                 remove_partials(folder)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -31,8 +31,11 @@ class SearchRLCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             # Errors raise (one line through run_tool) instead of printing the whole usage; --help still shows it.
-            parser_kwargs={"prog": "lit-search-rl", "exit_on_error": False,
-                           **{command: {"exit_on_error": False} for command in ("fit", "validate", "test")}},
+            parser_kwargs={
+                "prog": "lit-search-rl",
+                "exit_on_error": False,
+                **{command: {"exit_on_error": False} for command in ("fit", "validate", "test")},
+            },
             args=args,
             run=run,
         )
