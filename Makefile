@@ -16,6 +16,9 @@ TORCH_PIP_ARGS ?=
 RUN_DIR ?= runs/demo
 export PYTHONDONTWRITEBYTECODE :=
 export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/.pycache
+# Idle OpenMP workers sleep instead of spinning, or torch slows down many times over as soon as another
+# process shares the cores (README, "CPU threads"); a value you set yourself is kept.
+export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
 SMOLLM2_DIR ?= runs/smollm2-135m-instruct

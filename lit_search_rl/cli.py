@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lit_search_rl.threads import configure_threads
 from lit_search_rl.tools.common import run_tool
 from lit_search_rl.tools.demo import demo
 from lit_search_rl.tools.gguf import import_gguf_tool
@@ -52,6 +53,8 @@ def lightning_cli(argv: Sequence[str] | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a tool or to LightningCLI; returns the exit status."""
+    # Before anything imports torch: OpenMP reads its wait policy once, when it is loaded.
+    configure_threads()
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -11,6 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# As the entry point does, before the imports below load torch: idle OpenMP workers sleep instead of
+# spinning, so tests stay fast while other processes (their own children included) share the cores.
+from lit_search_rl.threads import configure_threads  # noqa: E402
+
+configure_threads()
+
 from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world  # noqa: E402
 from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model  # noqa: E402
 
