@@ -39,7 +39,6 @@ PARTIAL = ".partial"
 """Suffix of a checkpoint being written: ``.<name>.<pid>.partial`` beside ``<name>``."""
 INTERRUPTED = "interrupted.ckpt"
 """File name of the checkpoint saved on SIGTERM or SIGINT."""
-SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 """Exit status after a signal stopped the run (128 + the signal number, as shells report it)."""
 
 # What torch.load raises for a file that is not a whole checkpoint (truncated, empty, or another format).
@@ -117,7 +116,6 @@ def _is_local(path: str | Path) -> bool:
 
 def _save_beside(checkpoint: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_partials(path.parent)
     tmp = partial_path(path)
     try:
         with tmp.open("wb") as f:
@@ -234,10 +232,10 @@ class CheckpointGuard(Callback):
         if self.signum is not None:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signum = signum
-        # Lightning's SIGTERM handler stops the loop after the current step (on every rank).
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler) and handler is not self._on_sigterm:
-            handler(signum, frame)
+        # Lightning's SIGTERM handler (the one ours replaced) stops the loop after the current step, on every rank.
+        previous = self._previous.get(signal.SIGTERM)
+        if callable(previous):
+            previous(signum, frame)
         else:
             self._trainer._signal_connector.received_sigterm = True
 
@@ -267,7 +265,7 @@ class CheckpointGuard(Callback):
         """The exit status the run should end with after a signal, or None."""
         if self.signum is None:
             return None
-        return SIGNAL_EXIT.get(self.signum, 128 + int(self.signum))
+        return 128 + int(self.signum)  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
 
 
 @rank_zero_only

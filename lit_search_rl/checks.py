@@ -93,11 +93,13 @@ def check_grpo_settings(values: Mapping[str, Any], prefix: str = "model.") -> No
 
 def _check_reward(name: Any, prefix: str) -> None:
     """A registered reward name, or ``module:function`` (imported when the module is built)."""
-    from lit_search_rl.rewards import REWARDS  # light: pure Python
+    from lit_search_rl.rewards import get_reward  # light: pure Python
 
-    if isinstance(name, str) and ":" not in name and name not in REWARDS:
-        raise ValueError(f"{prefix}reward: unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))} "
-                         "or give a function as module:function")  # fmt: skip
+    if isinstance(name, str) and ":" not in name:  # a name alone is looked up, never imported
+        try:
+            get_reward(name)
+        except ValueError as e:
+            raise ValueError(f"{prefix}reward: {e}") from None
 
 
 def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -> None:

@@ -47,7 +47,7 @@ from lit_search_rl.fsdp import copy_full_weights, is_sharded, shard_policy
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 from lit_search_rl.retrieval.base import Retriever
-from lit_search_rl.rewards import INVALID_REWARDS, get_reward, score_answer
+from lit_search_rl.rewards import INVALID_REWARDS, InvalidReward, get_reward, score_answer
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
 from lit_search_rl.rollout.encoding import pad_batch
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
@@ -156,7 +156,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         batch_size: int = 8,
         oversample: int = 1,
         reward: str = "em",
-        invalid_reward: Literal["error", "zero"] = "error",
+        invalid_reward: InvalidReward = "error",
         advantage_scale: Literal["group", "batch", "none"] = "group",
         loss_agg: str = "token-mean",
         clip_low: float = 0.2,
@@ -204,19 +204,13 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     def _check_settings(self) -> None:
         h = self.hparams
-        check_grpo_settings(h)  # sizes, clipping, reward name: also run on the raw config before any import
+        check_grpo_settings(h)  # sizes, clipping, KL weight, reward: also run on the raw config before imports
         if h.loss_agg not in AGGREGATIONS:
             raise ValueError(f"model.loss_agg must be one of {', '.join(AGGREGATIONS)} (got {h.loss_agg!r})")
         if h.invalid_reward not in INVALID_REWARDS:
             raise ValueError(f"model.invalid_reward must be error or zero (got {h.invalid_reward!r})")
         if h.kl_estimator not in KL_KINDS:
             raise ValueError(f"model.kl_estimator must be one of {', '.join(KL_KINDS)} (got {h.kl_estimator!r})")
-        if not 0 <= h.clip_low < 1 or h.clip_high < 0:
-            raise ValueError(f"model.clip_low must be in [0, 1) and clip_high >= 0 (got {h.clip_low}, {h.clip_high})")
-        if h.clip_c is not None and h.clip_c <= 1:
-            raise ValueError(f"model.clip_c must be above 1 (got {h.clip_c})")
-        if h.kl_coef < 0:
-            raise ValueError(f"model.kl_coef must not be negative (got {h.kl_coef})")
         self.rollout_config.validate()
         self.sampling.validate()
         if h.engine not in ("hf", "vllm"):

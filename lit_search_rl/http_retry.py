@@ -233,10 +233,8 @@ def post_json(
     answer of the wrong shape, and the error then quotes the start of the body.
     """
     last = ""
-    once_only: dict[str, int] = {}
-    attempts = 0
+    retried_once: set[str] = set()  # the kinds of failure that are asked again once only
     for attempt in range(max_retries + 1):
-        attempts += 1
         delay = backoff * 2**attempt  # before the next attempt, if there is one
         try:
             response = request(session, "POST", url, timeout, json=payload, headers=headers)
@@ -256,11 +254,12 @@ def post_json(
             else:
                 raise error(f"{what} {url} refused the request: HTTP {status} {one_line(response.text, 300)}")
         if kind != "always":
-            once_only[kind] = once_only.get(kind, 0) + 1
-            if once_only[kind] > 1:
+            if kind in retried_once:
                 break
+            retried_once.add(kind)
         if attempt < max_retries:
             time.sleep(delay)
+    attempts = attempt + 1
     raise error(f"{what} {url} did not answer after {attempts} attempt{'s' * (attempts > 1)} ({last})")
 
 

@@ -15,8 +15,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_search_rl.checks import check_settings, check_sources
 
-# Init arguments that name a local file or folder (model names may also be Hub ids).
-_PATH_ARGS = {"model": ("model", "retriever"), "data": ("train", "world", "tokenizer")}
+# Init arguments that name a local file or folder; `model.model` (a folder or a Hub id) is checked by check_sources.
+_PATH_ARGS = {"model": ("retriever",), "data": ("train", "world", "tokenizer")}
 
 
 class SearchRLCLI(LightningCLI):

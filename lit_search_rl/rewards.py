@@ -15,7 +15,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 from lit_search_rl.rollout.actions import extract_answer
 
@@ -106,7 +106,7 @@ def get_reward(name: str) -> RewardFn:
 
 
 InvalidReward = Literal["error", "zero"]
-INVALID_REWARDS: tuple[str, ...] = ("error", "zero")
+INVALID_REWARDS: tuple[str, ...] = get_args(InvalidReward)
 
 
 class RewardError(ValueError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,17 +206,13 @@ def _is_json_array(path: Path) -> bool:
 
 def _json_rows(path: Path) -> Iterator[dict]:
     """Rows of JSON lines, or of one JSON array (HotpotQA's layout), whatever the file's suffix."""
+    rows: Iterable[Any] = read_jsonl(path)
     if _is_json_array(path):
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno})") from None
-        for number, row in enumerate(rows, start=1):
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: row {number} is not an object")
-            yield row
-        return
-    for number, row in enumerate(read_jsonl(path), start=1):
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {number} is not an object")
         yield row

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO
 
+from lit_search_rl.checks import require_at_least
 from lit_search_rl.retrieval.base import Retriever, SearchStopped, stop_when
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ class ServerLimits:
     """Longest a search may run; a request past it is stopped and gets a 503."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_queries", "max_topk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        require_at_least(self, ("max_body_bytes", "max_queries", "max_topk"))
         if not self.max_seconds > 0:
             raise ValueError(f"--max_seconds must be positive (got {self.max_seconds})")
 
