@@ -1,81 +1,185 @@
-"""Batched agent loop vs one trajectory at a time, with the tiny model on the CPU.
+"""Rollout engines side by side: ``HFEngine`` (transformers ``generate``) against ``TorchEngine``.
 
-Run: ``.venv/bin/python benchmarks/rollout_speed.py --model runs/demo/sft-model`` after
-``make demo`` (and, for a model that searches, the SFT warm start). Measures generated tokens
-per second of both ways on the same questions in one run, and the share of rollout time spent
-in retrieval (BM25 over the world's corpus, in process).
+Run: ``.venv/bin/python benchmarks/rollout_speed.py`` after ``make demo`` (and ``make smollm2`` for the
+SmolLM2-135M case; a case whose model folder is missing is skipped). Each (case, load, engine) runs in
+a fresh process, on the same questions and seeds, and measures:
+
+- ``agent tokens/s``: generated tokens per second of one ``AgentLoop.rollout`` of the case's B
+  trajectories with the demo's rollout settings (5 turns of at most 64 tokens, BM25 in process),
+  wall time of the whole loop (prefill, decoding, retrieval);
+- ``decode ms/step``: one ``generate`` call of B prompts for 64 tokens, minus a 1-token call (the
+  prefill), divided by the extra steps; ``prefill ms``: the 1-token call;
+- ``first call s``: the first rollout of the process (warm-up: allocation, kernel selection);
+- ``peak RSS``: the process's maximum resident set;
+- the machine's arithmetic: float32 GEMM GFLOP/s at 512^3 (2 threads), and the share of it a
+  decode step uses: ``2 x parameters x B`` FLOP per step against the step's time.
+
+"busy" keeps one core busy with a second process (``python -c 'while True: pass'``) for the whole
+measurement; ``other cores`` is everybody else's CPU use during the row, about 1 when the row is clean.
+The environment is the project's: ``OMP_WAIT_POLICY=PASSIVE`` unless set (README, "CPU threads").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import os
+import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
+from thread_settings import busy_jiffies, gemm_gflops
 
-from lit_search_rl.io import read_jsonl
-from lit_search_rl.policy import load_policy, load_tokenizer
-from lit_search_rl.retrieval.index import build_index, load_retriever
-from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig
-from lit_search_rl.rollout.engine import SamplingConfig
-from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.threads import configure_threads
+
+CASES = {  # name: (model folder, B)
+    "tiny B=32": ("runs/demo/sft-model", 32),
+    "tiny B=64": ("runs/demo/sft-model", 64),
+    "SmolLM2-135M B=16": ("runs/smollm2-135m-instruct", 16),
+}
+ENGINES = ("hf", "torch")
+LOADS = ("quiet", "busy")
 
 
-def run(agent: AgentLoop, questions: list[str], batched: bool) -> dict:
+def child(args: argparse.Namespace) -> dict:
+    """Measure one engine on one case in this process."""
+    import torch
+
+    from lit_search_rl.io import read_jsonl
+    from lit_search_rl.policy import load_policy, load_tokenizer
+    from lit_search_rl.retrieval.index import load_retriever
+    from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig
+    from lit_search_rl.rollout.engine import SamplingConfig
+    from lit_search_rl.rollout.hf_engine import HFEngine
+    from lit_search_rl.rollout.protocols import TagProtocol
+    from lit_search_rl.rollout.torch_engine import TorchEngine
+
+    torch.manual_seed(0)
+    result: dict = {"gemm_gflops": gemm_gflops(torch, seconds=0.5)}
+    tokenizer = load_tokenizer(args.model)
+    model = load_policy(args.model)
+    result["parameters"] = sum(p.numel() for p in model.parameters())
+    rows = list(read_jsonl(args.world / "train.jsonl"))
+    questions = [rows[i % len(rows)]["question"] for i in range(args.batch // 4) for _ in range(4)]
+    config = RolloutConfig(max_turns=5, max_new_tokens_per_turn=64, max_total_tokens=1024, max_information_tokens=384)
+    engine_class = TorchEngine if args.engine == "torch" else HFEngine
+    agent = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)),
+                      load_retriever(args.index), tokenizer, config)  # fmt: skip
     start = time.perf_counter()
-    generate = retrieve = tokens = 0.0
-    batches = [questions] if batched else [[q] for q in questions]
-    trajectories = []
-    for batch in batches:
-        trajectories += agent.rollout(batch)
-        generate += agent.stats.generate_seconds
-        retrieve += agent.stats.retrieve_seconds
-        tokens += agent.stats.generated_tokens
-    total = time.perf_counter() - start
-    searches = sum(t.num_searches for t in trajectories)
-    finish = {
-        r: sum(t.finish_reason == r for t in trajectories) for r in ("answered", "max_turns", "length", "invalid")
-    }
-    return {"seconds": total, "tokens": int(tokens), "tokens_per_s": tokens / total, "retrieve_share": retrieve / total,
-            "generate_share": generate / total, "searches": searches, "finish": finish}  # fmt: skip
+    agent.rollout(questions[:2])
+    result["first_call_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    trajectories = agent.rollout(questions)
+    result["agent_s"] = time.perf_counter() - start
+    result["agent_tokens"] = agent.stats.generated_tokens
+    result["agent_tokens_per_s"] = agent.stats.generated_tokens / result["agent_s"]
+    result["searches"] = sum(t.num_searches for t in trajectories)
+
+    prompts = [TagProtocol().prompt_ids(tokenizer, q, config.max_parallel_queries) for q in questions]
+    engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=1))
+    engine.eos_ids = {max(model.config.vocab_size, len(tokenizer))}  # never sampled: each call runs its budget
+
+    def call(budget: int) -> float:
+        begin = time.perf_counter()
+        engine.generate(prompts, [budget] * len(prompts), [])
+        return time.perf_counter() - begin
+
+    prefill = min(call(1) for _ in range(3))
+    full = min(call(65) for _ in range(2))
+    result["prefill_ms"] = 1000 * prefill
+    result["decode_ms_per_step"] = 1000 * (full - prefill) / 64
+    flop_per_step = 2 * result["parameters"] * args.batch
+    result["arithmetic_share"] = flop_per_step / (result["decode_ms_per_step"] / 1000) / (result["gemm_gflops"] * 1e9)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def measure(case: str, engine: str, args: argparse.Namespace) -> dict:
+    """One engine on one case in a fresh process; its figures plus the other processes' load."""
+    model, batch = CASES[case]
+    command = [sys.executable, __file__, "--child", "--engine", engine, "--model", model, "--batch", str(batch),
+               "--world", str(args.world), "--index", str(args.index)]  # fmt: skip
+    own_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    jiffies_before, start = busy_jiffies(), time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {args.timeout} s"}
+    wall = time.perf_counter() - start
+    own_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["other_cores"] = max(0.0, (busy_jiffies() - jiffies_before) / os.sysconf("SC_CLK_TCK") - own) / wall
+    return result
+
+
+def print_tables(rows: list[dict]) -> None:
+    print("\n| case | load | engine | agent tokens/s | decode ms/step | prefill ms | first call s | peak RSS MB | "
+          "GEMM GFLOP/s | share of GEMM rate | other cores |")  # fmt: skip
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['case']} | {r['load']} | {r['engine']} | {r['error']} | | | | | | | |")
+            continue
+        print(f"| {r['case']} | {r['load']} | {r['engine']} | {r['agent_tokens_per_s']:.0f} | "
+              f"{r['decode_ms_per_step']:.2f} | {r['prefill_ms']:.0f} | {r['first_call_s']:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['gemm_gflops']:.0f} | {100 * r['arithmetic_share']:.1f}% | "
+              f"{r['other_cores']:.2f} |")  # fmt: skip
+    by = {(r["case"], r["load"], r["engine"]): r for r in rows if "error" not in r}
+    print("\n| case | load | torch / hf agent tokens/s | torch / hf decode step | busy / quiet agent time (torch) |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for case, load in dict.fromkeys((r["case"], r["load"]) for r in rows):
+        hf, torch_ = by.get((case, load, "hf")), by.get((case, load, "torch"))
+        quiet = by.get((case, "quiet", "torch"))
+        if hf is None or torch_ is None:
+            continue
+        slowdown = f"{quiet['agent_tokens_per_s'] / torch_['agent_tokens_per_s']:.2f}x" if quiet else ""
+        print(f"| {case} | {load} | {torch_['agent_tokens_per_s'] / hf['agent_tokens_per_s']:.2f}x | "
+              f"{hf['decode_ms_per_step'] / torch_['decode_ms_per_step']:.2f}x | {slowdown} |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=Path, default=Path("runs/demo/world"))
-    parser.add_argument("--model", type=Path, default=Path("runs/demo/tiny-model"))
-    parser.add_argument("--questions", type=int, default=8, help="distinct questions (B)")
-    parser.add_argument("--group", type=int, default=4, help="rollouts per question (K)")
-    parser.add_argument("--max_new_tokens_per_turn", type=int, default=96)
-    parser.add_argument("--max_turns", type=int, default=4)
+    parser.add_argument("--index", type=Path, default=Path("runs/demo/index"))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--loads", nargs="+", default=list(LOADS), choices=list(LOADS))
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per row")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout_speed.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer(str(args.model))
-    model = load_policy(str(args.model))
-    rows = list(read_jsonl(args.world / "train.jsonl"))[: args.questions]
-    questions = [r["question"] for r in rows for _ in range(args.group)]
-    config = RolloutConfig(max_turns=args.max_turns, max_new_tokens_per_turn=args.max_new_tokens_per_turn)
-    with tempfile.TemporaryDirectory() as tmp:
-        build_index(args.world / "corpus.jsonl", Path(tmp) / "bm25", "bm25", progress=False)
-        retriever = load_retriever(Path(tmp) / "bm25")
-        agent = AgentLoop(HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)), retriever, tokenizer,
-                          config)  # fmt: skip
-        agent.rollout(questions[:2])  # warm-up
-        results = {"batched": run(agent, questions, batched=True), "sequential": run(agent, questions, batched=False)}
-    speedup = results["batched"]["tokens_per_s"] / results["sequential"]["tokens_per_s"]
-    report = {"model": str(args.model), "trajectories": len(questions), "threads": torch.get_num_threads(),
-              "speedup": speedup, **results}  # fmt: skip
-    print(json.dumps(report, indent=2))
-    print("\n| mode | trajectories | seconds | generated tokens | tokens/s | retrieval share | searches |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for mode, r in results.items():
-        print(f"| {mode} | {len(questions)} | {r['seconds']:.1f} | {r['tokens']} | {r['tokens_per_s']:.0f} | "
-              f"{100 * r['retrieve_share']:.2f}% | {r['searches']} |")  # fmt: skip
-    print(f"\nbatched / sequential tokens per second: {speedup:.1f}x")
+    configure_threads()  # before torch loads OpenMP, here and in the children
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    cases = [c for c in args.cases if Path(CASES[c][0]).is_dir()]
+    for skipped in sorted(set(args.cases) - set(cases)):
+        print(f"skipping {skipped}: no model folder {CASES[skipped][0]}", file=sys.stderr)
+    rows = []
+    for load in args.loads:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+        try:
+            for case in cases:
+                for engine in args.engines:
+                    rows.append({"case": case, "load": load, "engine": engine, **measure(case, engine, args)})
+                    print(json.dumps(rows[-1]), flush=True)
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    print_tables(rows)
+    report = {"machine": f"{os.cpu_count()} cores {platform.machine()}", "python": platform.python_version(),
+              "wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -52,10 +52,12 @@ from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, co
 from lit_search_rl.rollout.encoding import pad_batch
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 from lit_search_rl.timing import PhaseTimer
 
 GroupKind = Literal["signal", "too_easy", "too_hard"]
+ENGINES = ("torch", "hf", "vllm")
 
 STEP_PHASES = ("generate", "retrieve", "rollout", "reward", "pool", "update_batch", "forward_backward", "optimizer",
                "logging")  # fmt: skip
@@ -140,8 +142,10 @@ class GRPOModule(ExportsPolicy, LightningModule):
         lora_rank: LoRA rank through peft; 0 trains all weights.
         rollout: Agent-loop limits (turns, tokens, queries, documents).
         sampling: Temperature, top-p, top-k and seed of rollouts.
-        engine: Rollout engine: ``hf`` generates with the policy itself (transformers; CPU and small runs),
-            ``vllm`` with a colocated vLLM engine that the ``VLLMWeightSync`` callback keeps up to date.
+        engine: Rollout engine: ``torch`` runs the policy itself in a lean decoding loop (the fast path on
+            the CPU; llama, qwen2 and qwen3 models, others fall back to ``hf`` with a notice), ``hf`` with
+            transformers' ``generate``, ``vllm`` with a colocated vLLM engine that the ``VLLMWeightSync``
+            callback keeps up to date.
         vllm: Memory fraction, sleep mode, dtype and length settings of the vLLM engine.
         export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
         evaluation: How ``validate``, ``test`` and validation during fit evaluate the agent (pass@k, judge).
@@ -174,7 +178,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         lora_rank: int = 0,
         rollout: RolloutConfig | None = None,
         sampling: SamplingConfig | None = None,
-        engine: Literal["hf", "vllm"] = "hf",
+        engine: Literal["torch", "hf", "vllm"] = "torch",
         vllm: VLLMConfig | None = None,
         export_dir: str | None = None,
         evaluation: EvalConfig | None = None,
@@ -193,7 +197,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.reference = None
         self.retriever: Retriever | None = None
         self.rollout_engine: VLLMEngine | None = None  # the colocated vLLM engine, when engine is vllm
-        self._rollout_copy: torch.nn.Module | None = None  # generates for a sharded policy (hf engine)
+        self._rollout_copy: torch.nn.Module | None = None  # generates for a sharded policy (torch, hf engines)
+        self._told_fallback = False  # the torch engine's fallback notice is given once
         self.skipped_steps = 0
         self.timer = PhaseTimer()  # where each training step's time goes
         self.step_rollouts = 0  # trajectories rolled out in the current training step
@@ -213,8 +218,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
             raise ValueError(f"model.kl_estimator must be one of {', '.join(KL_KINDS)} (got {h.kl_estimator!r})")
         self.rollout_config.validate()
         self.sampling.validate()
-        if h.engine not in ("hf", "vllm"):
-            raise ValueError(f"model.engine must be hf or vllm (got {h.engine!r})")
+        if h.engine not in ENGINES:
+            raise ValueError(f"model.engine must be one of {', '.join(ENGINES)} (got {h.engine!r})")
         if h.engine == "vllm":
             self.vllm_config.validate()
 
@@ -365,14 +370,22 @@ class GRPOModule(ExportsPolicy, LightningModule):
         if self.rollout_engine is not None:
             self.rollout_engine.sampling = sampling
             return self.rollout_engine
-        if not is_sharded(self.policy):
-            return HFEngine(self.policy, self.tokenizer, sampling)
-        # A sharded policy cannot generate rank by rank (each forward is a collective), so an
-        # unsharded copy gets the current weights and generates instead.
-        if self._rollout_copy is None:
-            self._rollout_copy = load_policy(self.hparams.model, self.hparams.dtype).to(self.device).eval()
-        copy_full_weights(self.policy, self._rollout_copy)
-        return HFEngine(self._rollout_copy, self.tokenizer, sampling)
+        model = self.policy
+        if is_sharded(self.policy):
+            # A sharded policy cannot generate rank by rank (each forward is a collective), so an
+            # unsharded copy gets the current weights and generates instead.
+            if self._rollout_copy is None:
+                self._rollout_copy = load_policy(self.hparams.model, self.hparams.dtype).to(self.device).eval()
+            copy_full_weights(self.policy, self._rollout_copy)
+            model = self._rollout_copy
+        if self.hparams.engine == "torch":
+            reason = unsupported_reason(model)
+            if reason is None:
+                return TorchEngine(model, self.tokenizer, sampling)
+            if not self._told_fallback:
+                rank_zero_info(f"model.engine torch falls back to hf: {reason}")
+                self._told_fallback = True
+        return HFEngine(model, self.tokenizer, sampling)
 
     def _step_sampling(self, rank: int = 0) -> SamplingConfig:
         s = self.sampling

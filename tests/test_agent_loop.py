@@ -16,6 +16,7 @@ from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingC
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN, information_block
 from lit_search_rl.rollout.protocols import TagProtocol, ToolCallProtocol
+from lit_search_rl.rollout.torch_engine import TorchEngine
 
 
 class ScriptedEngine(GenerationEngine):
@@ -161,10 +162,11 @@ def test_information_blocks_are_cut_to_their_budget(tokenizer, retriever) -> Non
     assert text.lstrip().startswith(INFO_OPEN) and text.rstrip().endswith(INFO_CLOSE)
 
 
-def test_transformers_engine_on_a_random_model(model_dir: Path, tokenizer, retriever) -> None:
+@pytest.mark.parametrize("engine_class", [HFEngine, TorchEngine])
+def test_engine_on_a_random_model(model_dir: Path, tokenizer, retriever, engine_class) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.train()
-    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=3))
+    engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=3))
     agent = AgentLoop(engine, retriever, tokenizer, RolloutConfig(max_turns=3, max_new_tokens_per_turn=24))
     questions = ["Who directed it?", "Where is it?"] * 3
     trajectories = agent.rollout(questions)
@@ -186,14 +188,15 @@ def test_transformers_engine_on_a_random_model(model_dir: Path, tokenizer, retri
     mask = torch.tensor(t.loss_mask, dtype=torch.bool)
     assert torch.allclose(torch.tensor(t.logprobs)[mask], expected[mask], atol=1e-4)
     # Seeded: the same seed gives the same rollouts.
-    again = AgentLoop(HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=3)), retriever, tokenizer,
+    again = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=3)), retriever, tokenizer,
                       RolloutConfig(max_turns=3, max_new_tokens_per_turn=24)).rollout(questions)  # fmt: skip
     assert [a.response_ids for a in again] == [t.response_ids for t in trajectories]
 
 
-def test_greedy_engine_stops_at_stop_strings(model_dir: Path, tokenizer) -> None:
+@pytest.mark.parametrize("engine_class", [HFEngine, TorchEngine])
+def test_greedy_engine_stops_at_stop_strings(model_dir: Path, tokenizer, engine_class) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=0.0))
+    engine = engine_class(model, tokenizer, SamplingConfig(temperature=0.0))
     prompt = tokenizer("<think> a </think>", add_special_tokens=False)["input_ids"]
     [free] = engine.generate([prompt], [30], [])
     assert free.finish == "length" and len(free.token_ids) == 30  # a random model rarely ends by itself
@@ -280,17 +283,18 @@ def run_long_information(model_dir: Path, retriever, records: Records) -> None:
     assert agent.max_length == 200
 
 
-def test_generation_stops_at_the_models_context_length(model_dir: Path, retriever) -> None:
+@pytest.mark.parametrize("engine_class", [HFEngine, TorchEngine])
+def test_generation_stops_at_the_models_context_length(model_dir: Path, retriever, engine_class) -> None:
     prompt = len(TagProtocol().prompt_ids(AutoTokenizer.from_pretrained(model_dir), "Q?", 3))
     model, tokenizer = short_context_model(model_dir, prompt + 20)
-    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0))
+    engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0))
     config = RolloutConfig(max_turns=3, max_new_tokens_per_turn=64)
     agent = AgentLoop(engine, retriever, tokenizer, config, context_length=model.config.max_position_embeddings)
     trajectories = agent.rollout(["Q?"] * 4)
     assert all(t.length <= prompt + 20 for t in trajectories)
     assert any(t.finish_reason == "length" for t in trajectories)  # a random model rarely ends a turn by itself
     # Without the limit the same model writes past its positions.
-    unlimited = AgentLoop(HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)), retriever, tokenizer,
+    unlimited = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)), retriever, tokenizer,
                           config).rollout(["Q?"] * 4)  # fmt: skip
     assert any(t.length > prompt + 20 for t in unlimited)
 

@@ -67,17 +67,11 @@ class HFEngine(GenerationEngine):
     def _generate(self, prompts: list[Sequence[int]], budget: int, stop: Sequence[str]) -> list[Generation]:
         if budget <= 0:
             return [Generation([], [], "length") for _ in prompts]
-        width = max(len(p) for p in prompts)
+        input_ids, attention_mask = self._left_padded(prompts)
+        width = input_ids.shape[1]
         device = self.model.device
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, T) left-padded
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
-            attention_mask[row, width - len(prompt) :] = 1
+        self._seed_call()
         s = self.sampling
-        if s.seed is not None:
-            torch.manual_seed(s.seed + self._calls)
-        self._calls += 1
         sample = s.temperature > 0
         out = self.model.generate(
             input_ids=input_ids.to(device),
@@ -103,6 +97,22 @@ class HFEngine(GenerationEngine):
         ).cpu()  # (B, N)
         new = new.cpu()
         return [self._row(new[r], chosen[r], budget, stop) for r in range(len(prompts))]
+
+    def _left_padded(self, prompts: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids left-padded to the longest prompt, and their attention mask."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
+            attention_mask[row, width - len(prompt) :] = 1
+        return input_ids, attention_mask
+
+    def _seed_call(self) -> None:
+        """Seed torch for the next batch: the configured seed plus the number of batches so far."""
+        if self.sampling.seed is not None:
+            torch.manual_seed(self.sampling.seed + self._calls)
+        self._calls += 1
 
     def _row(self, ids: torch.Tensor, logprobs: torch.Tensor, budget: int, stop: Sequence[str]) -> Generation:
         tokens = ids.tolist()

@@ -1,0 +1,158 @@
+"""TorchEngine against HFEngine: the same tokens, logprobs of the policy, stops, padding, seeds, fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
+
+from lit_search_rl.rollout.engine import SamplingConfig
+from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path):
+    return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def prompts_of(tokenizer, n: int) -> list[list[int]]:
+    """Prompts of different lengths, so that the batch is left-padded."""
+    words = ["who", "directed", "the", "film", "that", "won", "the", "prize", "in", "the", "city", "where"]
+    return [tokenizer(" ".join(words[: 2 + i % 9]), add_special_tokens=False)["input_ids"] for i in range(n)]
+
+
+def test_greedy_generations_equal_the_transformers_engines(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 12)
+    budgets = [16, 16, 5, 16, 9, 16, 16, 5, 16, 16, 9, 16]  # three budget groups
+    stop = [tokenizer.decode(tokenizer("the", add_special_tokens=False)["input_ids"])]
+    greedy = SamplingConfig(temperature=0.0)
+    expected = HFEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
+    got = TorchEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
+    assert [g.token_ids for g in got] == [e.token_ids for e in expected]
+    assert [g.finish for g in got] == [e.finish for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.5, top_k=3),
+                                      SamplingConfig(temperature=2.0, top_p=0.6)])  # fmt: skip
+def test_sampling_draws_from_the_distribution_generate_samples_from(model, tokenizer, sampling: SamplingConfig) -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]]).repeat(20000, 1)
+    expected = logits[:1] / sampling.temperature
+    if sampling.top_k:
+        expected = TopKLogitsWarper(sampling.top_k)(None, expected)
+    if sampling.top_p < 1:
+        expected = TopPLogitsWarper(sampling.top_p)(None, expected)
+    expected = expected.softmax(-1)[0]
+    engine = TorchEngine(model, tokenizer, sampling)
+    torch.manual_seed(0)
+    tokens, logprobs = engine._sample(logits, torch.zeros((20000, 1), dtype=torch.long))
+    frequencies = torch.bincount(tokens, minlength=6) / len(tokens)
+    assert torch.allclose(frequencies, expected, atol=0.015)
+    assert (frequencies[expected == 0] == 0).all()  # tokens the warpers remove are never drawn
+    assert torch.allclose(logprobs, logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0])  # raw logits
+
+
+def test_logprobs_equal_a_teacher_forced_forward(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 6)
+    engine = TorchEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=1))
+    for prompt, gen in zip(prompts, engine.generate(prompts, [20] * 6, []), strict=True):
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            logp = model(ids).logits.float().log_softmax(-1)[0, len(prompt) - 1 : -1]
+        expected = logp.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+def test_seeded_calls_repeat_and_differ(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 8)
+
+    def run(seed: int) -> list[list[int]]:
+        engine = TorchEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=seed))
+        return [g.token_ids for call in range(2) for g in engine.generate(prompts, [12] * 8, [])]
+
+    assert run(4) == run(4)
+    assert run(4) != run(5)
+    first, second = run(4)[:8], run(4)[8:]
+    assert first != second  # each call takes the next seed
+
+
+def test_a_row_alone_or_in_a_padded_batch_gives_the_same_greedy_tokens(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 9)
+    engine = TorchEngine(model, tokenizer, SamplingConfig(temperature=0.0))
+    batched = engine.generate(prompts, [12] * 9, [])
+    alone = [engine.generate([p], [12], [])[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+
+
+def test_eos_ends_a_row_and_the_others_go_on(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 4)
+    engine = TorchEngine(model, tokenizer, SamplingConfig(temperature=0.0))
+    [free] = engine.generate(prompts[:1], [10], [])
+    engine.eos_ids = {free.token_ids[2]}  # the third greedy token of the first row now ends it
+    first, *others = engine.generate(prompts, [10] * 4, [])
+    end = free.token_ids.index(free.token_ids[2]) + 1
+    assert first.finish == "eos" and first.token_ids == free.token_ids[:end]
+    assert all(o.finish == "eos" or len(o.token_ids) == 10 for o in others)
+
+
+def test_budgets_threads_and_training_mode_are_kept(model, tokenizer) -> None:
+    model.train()
+    threads = torch.get_num_threads()
+    engine = TorchEngine(model, tokenizer, SamplingConfig(temperature=1.0, seed=0))
+    gens = engine.generate(prompts_of(tokenizer, 3), [0, 1, 7], [])
+    assert [len(g.token_ids) for g in gens] == [0, 1, 7] and [g.finish for g in gens] == ["length"] * 3
+    assert model.training and torch.get_num_threads() == threads
+
+
+def test_lora_adapters_take_part_in_generation(model_dir: Path, tokenizer) -> None:
+    peft = pytest.importorskip("peft")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = peft.get_peft_model(model, config)
+    prompts = prompts_of(tokenizer, 4)
+    greedy = SamplingConfig(temperature=0.0)
+    expected = HFEngine(wrapped, tokenizer, greedy).generate(prompts, [10] * 4, [])
+    got = TorchEngine(wrapped, tokenizer, greedy).generate(prompts, [10] * 4, [])
+    assert [g.token_ids for g in got] == [e.token_ids for e in expected]
+    with wrapped.disable_adapter():
+        plain = TorchEngine(wrapped, tokenizer, greedy).generate(prompts, [10] * 4, [])
+    assert [g.token_ids for g in plain] != [g.token_ids for g in got]
+
+
+def test_an_unsupported_model_is_refused_with_the_reason(tokenizer) -> None:
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=len(tokenizer)))
+    assert "gpt2" in unsupported_reason(gpt2)
+    with pytest.raises(ValueError, match="TorchEngine cannot run this model: model type 'gpt2'"):
+        TorchEngine(gpt2, tokenizer)
+
+
+def test_the_grpo_module_uses_it_and_falls_back_with_a_notice(model_dir: Path, bm25_dir: Path, monkeypatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    import lit_search_rl.grpo as grpo
+
+    module = grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1,
+                             micro_batch_size=2)  # fmt: skip
+    module.configure_model()
+    assert type(module._engine(SamplingConfig())) is TorchEngine  # the default
+    monkeypatch.setattr(grpo, "unsupported_reason", lambda model: "model type 'gpt2' is not one of llama")
+    with caplog.at_level("INFO"):
+        engines = [module._engine(SamplingConfig()) for _ in range(2)]
+    assert all(type(e) is HFEngine for e in engines)
+    notices = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
+    assert notices == ["model.engine torch falls back to hf: model type 'gpt2' is not one of llama"]  # once
+    hf = grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1,
+                         micro_batch_size=2, engine="hf")  # fmt: skip
+    hf.configure_model()
+    assert type(hf._engine(SamplingConfig())) is HFEngine
+    with pytest.raises(ValueError, match="model.engine must be one of torch, hf, vllm"):
+        grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), engine="fast")
