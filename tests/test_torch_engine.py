@@ -11,7 +11,7 @@ from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
+from lit_search_rl.rollout.torch_engine import TorchEngine, length_groups, unsupported_reason
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,50 @@ def test_the_grpo_module_uses_it_and_falls_back_with_a_notice(model_dir: Path, b
     assert type(hf._engine(SamplingConfig())) is HFEngine
     with pytest.raises(ValueError, match="model.engine must be one of torch, hf, vllm"):
         grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), engine="fast")
+
+
+def test_the_next_turn_reuses_the_sequences_of_the_last_call_exactly(model, tokenizer) -> None:
+    prompts = prompts_of(tokenizer, 6)
+    prompts[3] = prompts[1]  # the same prompt twice (K rollouts of one question) is computed once
+    info = tokenizer(" the city where the prize", add_special_tokens=False)["input_ids"]
+    sampling = SamplingConfig(temperature=1.0, seed=7)
+    reusing, fresh = (
+        TorchEngine(model, tokenizer, sampling),
+        TorchEngine(model, tokenizer, sampling, reuse_prefixes=False),
+    )
+    first = reusing.generate(prompts, [10] * 6, [])
+    assert [g.token_ids for g in first] == [g.token_ids for g in fresh.generate(prompts, [10] * 6, [])]
+    # The next turn: each prompt extended by its generation and an information block; one row is new.
+    turn = [[*p, *g.token_ids, *info[: 1 + i]] for i, (p, g) in enumerate(zip(prompts, first, strict=True))]
+    turn[5] = prompts_of(tokenizer, 9)[8]
+    assert reusing._kept.longest_prefix(turn[0]) is not None  # it will be reused
+    again, expected = reusing.generate(turn, [12] * 6, []), fresh.generate(turn, [12] * 6, [])
+    assert [g.token_ids for g in again] == [g.token_ids for g in expected]
+    for a, e in zip(again, expected, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(e.logprobs), atol=1e-5)
+
+
+def test_sequences_are_not_reused_after_the_weights_change(model_dir: Path, tokenizer) -> None:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    greedy = SamplingConfig(temperature=0.0)
+    engine = TorchEngine(model, tokenizer, greedy)
+    prompts = prompts_of(tokenizer, 3)
+    first = engine.generate(prompts, [8] * 3, [])
+    with torch.no_grad():
+        for layer in model.model.layers:  # as an optimizer step: in place
+            layer.self_attn.v_proj.weight.add_(torch.randn_like(layer.self_attn.v_proj.weight))
+    turn = [[*p, *g.token_ids] for p, g in zip(prompts, first, strict=True)]
+    expected = TorchEngine(model, tokenizer, greedy, reuse_prefixes=False).generate(turn, [8] * 3, [])
+    got = engine.generate(turn, [8] * 3, [])
+    assert [g.token_ids for g in got] == [g.token_ids for g in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5)
+
+
+def test_length_groups_cover_every_row_once_and_trade_padding_for_passes() -> None:
+    lengths = [5, 300, 7, 290, 6, 310]
+    for cost in (0, 100, 10**6):
+        groups = length_groups(lengths, cost)
+        assert sorted(i for g in groups for i in g) == list(range(6))
+    assert length_groups(lengths, 10**6) == [[0, 4, 2, 3, 1, 5]]  # one pass: padding is cheap
+    assert [sorted(g) for g in length_groups(lengths, 100)] == [[0, 2, 4], [1, 3, 5]]  # short and long apart

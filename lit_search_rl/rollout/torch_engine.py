@@ -1,27 +1,33 @@
-"""A lean decoding loop over the policy's own forward pass: the fast engine on the CPU.
+"""A lean decoding loop over the policy's own modules: the fast rollout engine on the CPU.
 
-``HFEngine`` spends most of a decode step outside the model: ``generate`` rebuilds the attention
-mask, grows the KV cache by concatenation, and runs its generic bookkeeping every token. For the
-small policies trained on a CPU that overhead is many times the arithmetic (benchmarks/RESULTS.md,
-rollout engines). This engine keeps everything that decides *what* is generated from transformers
-and replaces only the loop around it:
+``HFEngine`` spends most of a decode step outside the model's arithmetic: ``generate`` rebuilds
+masks, grows the KV cache by concatenation and runs generic bookkeeping every token, and each agent
+turn computes the whole context again. This engine keeps what decides *what* is generated from
+transformers and replaces the loop around it:
 
-- the forward pass is the model's own ``forward`` (its layers, rotary embedding, norms, head and any
-  LoRA adapters), called with masks prepared once per step and a KV cache preallocated once per call
-  that is written in place;
-- sampling uses transformers' own logits warpers (temperature, top-k, top-p, in ``generate``'s order)
-  and ``torch.multinomial``, stop strings transformers' ``StopStringCriteria``, so rows stop exactly
-  where ``generate`` would stop them;
-- prompts are left-padded and positions counted from each row's first real token, as in ``generate``.
+- the forward pass calls the decoder's own modules in their order (embedding, rotary embedding,
+  norms, projections with any LoRA adapters, MLP, head) for the pre-norm llama, qwen2 and qwen3
+  family; others fall back to ``HFEngine``;
+- sampling draws from the distribution of transformers' own logits warpers (temperature, top-k,
+  top-p, in ``generate``'s order); stop strings are transformers' ``StopStringCriteria`` on the
+  same left-padded ids, so rows stop exactly where ``generate`` stops them;
+- the KV cache is allocated once per call and written in place; positions count from each row's
+  first real token, as in ``generate``;
+- work is not repeated: rows with the same prompt (the K rollouts of a question) share one forward
+  pass over it, a prompt that extends a sequence of the previous call (the agent loop's next turn)
+  takes that sequence's keys and values and computes only its new tokens, and rows whose numbers of
+  new tokens differ a lot go through the model in separate groups instead of padding.
 
 Seeding, budget groups, batch splitting and the finish reasons are ``HFEngine``'s. Decoding runs on
 ``threads`` threads (1 by default): a decode step is hundreds of small kernels, and waking a second
-OpenMP thread for each costs more than it brings (README, "CPU threads").
+OpenMP thread for each costs more than it brings (README, "CPU threads"); the prompts' forward pass
+is large enough to use the process's threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +71,8 @@ class SlotCache:
     """A KV cache allocated once for a whole call and filled in place, one slot per position.
 
     The model's attention layers call ``update`` with the keys and values of the positions being
-    computed; they are written at slots ``[start, end)`` and the keys of all slots up to ``end`` are
-    returned (views, no copies). Shapes: (layers, B, kv_heads, slots, head_dim).
+    computed; they are written at slots ``[start, end)`` of ``rows`` and the keys of all slots up to
+    ``end`` are returned. Shapes: (layers, B, kv_heads, slots, head_dim).
     """
 
     def __init__(self, config, batch: int, slots: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -75,15 +81,76 @@ class SlotCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.start = self.end = 0
+        self.rows: slice | torch.Tensor = slice(None)  # the rows the next forward computes
 
     def advance(self, length: int) -> None:
         """The next forward computes ``length`` positions, written after the ones already cached."""
         self.start, self.end = self.end, self.end + length
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        self.keys[layer_idx, :, :, self.start : self.end] = key
-        self.values[layer_idx, :, :, self.start : self.end] = value
-        return self.keys[layer_idx, :, :, : self.end], self.values[layer_idx, :, :, : self.end]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if isinstance(self.rows, slice):  # all rows: views of the cache, no copies
+            keys[:, :, self.start : self.end] = key
+            values[:, :, self.start : self.end] = value
+            return keys[:, :, : self.end], values[:, :, : self.end]
+        keys[self.rows, :, self.start : self.end] = key  # a group of rows (prefill): gathered copies
+        values[self.rows, :, self.start : self.end] = value
+        return keys[self.rows, :, : self.end], values[self.rows, :, : self.end]
+
+    def copy_from(self, source: Prefix, row: int, slot: int, length: int) -> None:
+        """Copy the first ``length`` positions of ``source`` into ``row`` from ``slot`` on."""
+        start = source.slot
+        self.keys[:, row, :, slot : slot + length] = source.cache.keys[:, source.row, :, start : start + length]
+        self.values[:, row, :, slot : slot + length] = source.cache.values[:, source.row, :, start : start + length]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on."""
+
+    ids: tuple[int, ...]
+    cache: SlotCache
+    row: int
+    slot: int
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class PrefixIndex:
+    """The sequences of one ``generate`` call, found again by the longest one a new prompt starts with.
+
+    The agent loop's next turn extends each trajectory (its prompt, the model's turn, an information
+    block), so its prompt starts with a sequence of this call. Lookup is by length and the last few
+    ids, then an exact comparison.
+    """
+
+    TAIL = 8
+
+    def __init__(self) -> None:
+        self._by_tail: dict[tuple[int, tuple[int, ...]], list[Prefix]] = {}
+        self._lengths: list[int] = []
+
+    def add(self, ids: Sequence[int], cache: SlotCache, row: int, slot: int) -> None:
+        prefix = Prefix(tuple(ids), cache, row, slot)
+        self._by_tail.setdefault((prefix.length, prefix.ids[-self.TAIL :]), []).append(prefix)
+        self._lengths = sorted({*self._lengths, prefix.length}, reverse=True)
+
+    def longest_prefix(self, ids: Sequence[int]) -> Prefix | None:
+        """The longest stored sequence that ``ids`` starts with, or None."""
+        ids = tuple(ids)
+        for length in self._lengths:
+            if 0 < length <= len(ids):
+                for prefix in self._by_tail.get((length, ids[max(0, length - self.TAIL) : length]), ()):
+                    if prefix.ids == ids[:length]:
+                        return prefix
+        return None
+
+
+def weight_versions(model: torch.nn.Module) -> tuple[int, ...]:
+    """The version counters of the model's parameters: any in-place update (an optimizer step) moves them."""
+    return (id(model), *(p._version for p in model.parameters()))
 
 
 class TorchEngine(HFEngine):
@@ -96,6 +163,12 @@ class TorchEngine(HFEngine):
         max_batch_size: rows per decoding loop; larger batches are split.
         threads: torch threads while decoding (restored afterwards); None keeps the process's setting.
         prefill_threads: torch threads for the prompt's forward pass; None keeps the process's setting.
+        reuse_prefixes: keep each call's keys and values, so that a prompt of the next call that extends
+            one of its sequences (the agent loop's next turn) computes only its new tokens. Kept only
+            while the weights are unchanged (their version counters), and for one call.
+        group_cost: the cost of one more forward pass over new tokens, in tokens: rows with very
+            different numbers of new tokens go through the model in separate groups when the
+            padding saved is worth more.
     """
 
     def __init__(
@@ -106,6 +179,8 @@ class TorchEngine(HFEngine):
         max_batch_size: int = 64,
         threads: int | None = 1,
         prefill_threads: int | None = None,
+        reuse_prefixes: bool = True,
+        group_cost: int = 256,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -113,6 +188,10 @@ class TorchEngine(HFEngine):
         super().__init__(model, tokenizer, sampling, max_batch_size)
         self.threads = threads
         self.prefill_threads = prefill_threads
+        self.reuse_prefixes = reuse_prefixes
+        self.group_cost = group_cost
+        self._kept = self._previous = PrefixIndex()
+        self._weights: tuple[int, ...] = ()
         self.warpers = self._warpers()
 
     def _warpers(self) -> LogitsProcessorList:
@@ -130,9 +209,14 @@ class TorchEngine(HFEngine):
         self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
         threads = torch.get_num_threads()
+        weights = weight_versions(self.model)
+        # Sequences of the previous call can be continued only with the weights that computed them.
+        self._previous = self._kept if self.reuse_prefixes and weights == self._weights else PrefixIndex()
+        self._kept, self._weights = PrefixIndex(), weights
         try:
             return super().generate(prompts, max_new_tokens, stop)
         finally:
+            self._previous = PrefixIndex()
             torch.set_num_threads(threads)
 
     @torch.no_grad()
@@ -144,28 +228,58 @@ class TorchEngine(HFEngine):
         self._seed_call()
         device, dtype = model.device, model.dtype
         rows, width = input_ids.shape
-        # ids: left-padded prompts then the new tokens, as generate's (stop strings are matched on it).
+        # ids: left-padded prompts then the new tokens, as generate's (stop strings are matched on it);
+        # cache slots follow the same layout, so row r's position p sits at slot p + offset[r].
         ids = torch.full((rows, width + budget), self.pad_id, dtype=torch.long, device=device)  # (B, T + N)
         ids[:, :width] = input_ids.to(device)
-        # The cache holds each prompt from slot 0 (right-padded), so that the prompts' forward pass is
-        # plainly causal (no mask: the fast attention kernel); new tokens go to slots T, T + 1, ...
         lengths = attention_mask.sum(-1).to(device)  # (B,)
-        slots = torch.arange(width + budget, device=device)
-        key_ok = (slots < lengths[:, None]) | (slots >= width)  # (B, T + N)
-        open_slots = torch.zeros((rows, 1, 1, width + budget), dtype=dtype, device=device)  # (B, 1, 1, T + N)
-        open_slots.masked_fill_(~key_ok[:, None, None, :], torch.finfo(dtype).min)
-        right_padded = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)  # (B, T)
-        for row, prompt in enumerate(prompts):
-            right_padded[row, : len(prompt)] = torch.tensor(list(prompt))
+        offset = width - lengths  # (B,)
         cache = SlotCache(model.config, rows, width + budget, dtype, device)
+        # Prompts that continue a sequence of the previous call take its keys and values and compute
+        # only their new tokens (at least the last one, whose logits start the generation).
+        # Rows with the same prompt (the K rollouts of a question) share one forward pass over it.
+        reused, first_row = [0] * rows, {}
+        for row, prompt in enumerate(prompts):
+            if first_row.setdefault(tuple(prompt), row) != row:
+                continue
+            match = self._previous.longest_prefix(prompt)
+            if match is not None:
+                reused[row] = min(match.length, len(prompt) - 1)
+                cache.copy_from(match, row, width - len(prompt), reused[row])
+        copies = {row: first_row[tuple(p)] for row, p in enumerate(prompts) if first_row[tuple(p)] != row}
+        slots = torch.arange(width + budget, device=device)
+        key_ok = slots[None, :] >= offset[:, None]  # (B, T + N): the prompt's padding is never attended to
+        blocked = torch.finfo(dtype).min
+        open_slots = torch.zeros((rows, 1, 1, width + budget), dtype=dtype, device=device)  # (B, 1, 1, T + N)
+        open_slots.masked_fill_(~key_ok[:, None, None, :], blocked)
         stop_criteria = StopStringCriteria(self.tokenizer, list(stop)) if stop else None
         eos = torch.tensor(sorted(self.eos_ids), device=device)
         unfinished = torch.ones(rows, dtype=torch.bool, device=device)
         logprobs = torch.zeros((rows, budget), dtype=torch.float32, device=device)  # (B, N)
         if self.prefill_threads is not None:
             torch.set_num_threads(self.prefill_threads)
-        cache.advance(width)
-        logits = self._forward(model, right_padded, slots[None, :width], None, cache, last=lengths - 1)  # (B, V)
+        logits = torch.empty((rows, model.config.vocab_size), device=device)  # (B, V)
+        # The new tokens of rows of similar count go through the model together, padded to the group's most.
+        new_tokens = [len(p) - r for p, r in zip(prompts, reused, strict=True)]
+        computed = [row for row in range(rows) if row not in copies]
+        for group in length_groups([new_tokens[row] for row in computed], self.group_cost):
+            group = [computed[i] for i in group]
+            index = torch.tensor(group, device=device)
+            fresh = max(new_tokens[i] for i in group)
+            queries = slots[width - fresh : width]  # (F,)
+            # A padding query sees only itself, so that no row of the softmax is empty (NaN).
+            visible = (slots[None, None, :width] <= queries[None, :, None]) & key_ok[index, None, :width]
+            visible |= slots[None, None, :width] == queries[None, :, None]  # (G, F, T)
+            mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, blocked)
+            positions = (queries[None, :] - offset[index, None]).clamp(min=0)  # (G, F)
+            cache.rows, cache.start, cache.end = index, width - fresh, width
+            logits[index] = self._forward(model, ids[index, width - fresh : width], positions, mask[:, None], cache)
+        cache.rows = slice(None)
+        if copies:
+            targets, sources = (torch.tensor(x, device=device) for x in zip(*copies.items(), strict=True))
+            cache.keys[:, targets, :, :width] = cache.keys[:, sources, :, :width]
+            cache.values[:, targets, :, :width] = cache.values[:, sources, :, :width]
+            logits[targets] = logits[sources]
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         n = 0
@@ -183,7 +297,12 @@ class TorchEngine(HFEngine):
             positions = (lengths + (n - 1))[:, None]  # (B, 1)
             logits = self._forward(model, token[:, None], positions, open_slots[..., : width + n], cache)
         new, chosen = ids[:, width : width + n].cpu(), logprobs[:, :n].cpu()
-        return [self._row(new[r], chosen[r], budget, stop) for r in range(rows)]
+        generations = [self._row(new[r], chosen[r], budget, stop) for r in range(rows)]
+        for row, (prompt, generation) in enumerate(zip(prompts, generations, strict=True)):
+            # Every sampled token but the last was fed back, so the cache holds its keys and values.
+            fed = [*prompt, *generation.token_ids[:-1]]
+            self._kept.add(fed, cache, row, width - len(prompt))
+        return generations
 
     @staticmethod
     def _forward(
@@ -217,8 +336,7 @@ class TorchEngine(HFEngine):
             out = attention(q, keys, values, mask, attn.scaling)  # (B, T, H * d)
             hidden = hidden + attn.o_proj(out)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        hidden = hidden[:, -1] if last is None else hidden[torch.arange(batch, device=hidden.device), last]
-        return model.lm_head(base.norm(hidden)).float()
+        return model.lm_head(base.norm(hidden[:, -1])).float()
 
     def _sample(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The next token of each row and its logprob under the raw logits (greedy at temperature 0).
@@ -238,6 +356,28 @@ class TorchEngine(HFEngine):
         return token, (logits.gather(-1, token[:, None]) - normaliser)[:, 0]
 
 
+def length_groups(lengths: Sequence[int], group_cost: int) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of similar length, so that each group is padded to its own longest.
+
+    A group costs ``group_cost`` (one more forward pass, in tokens) plus its rows times its longest
+    length; the cut points of the sorted lengths that minimise the total are found exactly (a small
+    dynamic programme: at most a few thousand steps for a batch's rows).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0] + [None] * len(order)  # best[j]: the cheapest cost of the first j sorted rows
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + group_cost + (end - start) * lengths[order[end - 1]]
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary position embedding of (B, heads, T, d) queries and keys with (B, T, d) ``cos`` and ``sin``."""
     cos, sin = cos[:, None], sin[:, None]
@@ -249,14 +389,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Scaled dot-product attention of (B, H, T, d) queries on (B, KV, S, d) keys and values, heads merged.
 
-    A single query position (decoding, with an additive ``mask``) folds the H / KV query heads of each
-    key head into the query axis and reads the cache in place with two batched products, which on the
-    CPU beats the fused kernel at these shapes; a block of positions (``mask`` None) is plainly causal.
+    A single query position (decoding) folds the H / KV query heads of each key head into the query
+    axis and reads the cache in place with two batched products, which on the CPU beats the fused
+    kernel at these shapes; a block of positions goes to the fused kernel.
     """
     batch, heads, length, dim = q.shape
     groups = heads // k.shape[1]
@@ -264,5 +402,5 @@ def attention(
         scores = torch.matmul(q.view(batch, -1, groups, dim), k.transpose(-1, -2)).mul_(scale).add_(mask)
         out = torch.matmul(scores.softmax(-1), v)  # (B, KV, groups, d)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=groups > 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
     return out.reshape(batch, heads, length, dim).transpose(1, 2).reshape(batch, length, heads * dim)
