@@ -8,7 +8,8 @@ a fresh process, on the same questions and seeds, and measures:
   trajectories with the demo's rollout settings (5 turns of at most 64 tokens, BM25 in process),
   wall time of the whole loop (prefill, decoding, retrieval);
 - ``decode ms/step``: one ``generate`` call of B prompts for 64 tokens, minus a 1-token call (the
-  prefill), divided by the extra steps; ``prefill ms``: the 1-token call;
+  prefill), divided by the extra steps; ``prefill ms``: the 1-token call (without reuse of an earlier
+  call's keys and values: each call computes its prompts; the K copies of a prompt share one pass);
 - ``first call s``: the first rollout of the process (warm-up: allocation, kernel selection);
 - ``peak RSS``: the process's maximum resident set;
 - the machine's arithmetic: float32 GEMM GFLOP/s at 512^3 (2 threads), and the share of it a
@@ -80,7 +81,9 @@ def child(args: argparse.Namespace) -> dict:
     result["searches"] = sum(t.num_searches for t in trajectories)
 
     prompts = [TagProtocol().prompt_ids(tokenizer, q, config.max_parallel_queries) for q in questions]
-    engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=1))
+    # Each call starts from scratch: the same prompts again would take the previous call's keys and values.
+    fresh = {"reuse_prefixes": False} if args.engine == "torch" else {}
+    engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=1), **fresh)
     engine.eos_ids = {max(model.config.vocab_size, len(tokenizer))}  # never sampled: each call runs its budget
 
     def call(budget: int) -> float:
