@@ -11,7 +11,7 @@ from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.torch_engine import TorchEngine, length_groups, unsupported_reason
+from lit_search_rl.rollout.torch_engine import SlotCache, TorchEngine, length_groups, unsupported_reason
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,21 @@ def prompts_of(tokenizer, n: int) -> list[list[int]]:
     return [tokenizer(" ".join(words[: 2 + i % 9]), add_special_tokens=False)["input_ids"] for i in range(n)]
 
 
-def test_greedy_generations_equal_the_transformers_engines(model, tokenizer) -> None:
+@pytest.mark.parametrize("compact", [2, 10**6], ids=["compacting", "whole batch"])
+def test_greedy_generations_equal_the_transformers_engines(model, tokenizer, compact: int, monkeypatch) -> None:
     prompts = prompts_of(tokenizer, 12)
     budgets = [16, 16, 5, 16, 9, 16, 16, 5, 16, 16, 9, 16]  # three budget groups
     stop = [tokenizer.decode(tokenizer("the", add_special_tokens=False)["input_ids"])]
     greedy = SamplingConfig(temperature=0.0)
     expected = HFEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
-    got = TorchEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
+    selects = []
+    select = SlotCache.select
+    monkeypatch.setattr(SlotCache, "select", lambda self, rows: selects.append(rows) or select(self, rows))
+    got = TorchEngine(model, tokenizer, greedy, min_compact_rows=compact).generate(prompts, budgets, stop)
+    assert bool(selects) == (compact == 2)  # the unfinished rows went on alone
     assert [g.token_ids for g in got] == [e.token_ids for e in expected]
     assert [g.finish for g in got] == [e.finish for e in expected]
+    assert {g.finish for g in got} == {"stop", "length"}  # rows stop at different steps
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5)
 
@@ -163,12 +169,15 @@ def test_the_next_turn_reuses_the_sequences_of_the_last_call_exactly(model, toke
     prompts[3] = prompts[1]  # the same prompt twice (K rollouts of one question) is computed once
     info = tokenizer(" the city where the prize", add_special_tokens=False)["input_ids"]
     sampling = SamplingConfig(temperature=1.0, seed=7)
-    reusing, fresh = (
-        TorchEngine(model, tokenizer, sampling),
-        TorchEngine(model, tokenizer, sampling, reuse_prefixes=False),
-    )
-    first = reusing.generate(prompts, [10] * 6, [])
-    assert [g.token_ids for g in first] == [g.token_ids for g in fresh.generate(prompts, [10] * 6, [])]
+    free = TorchEngine(model, tokenizer, sampling).generate(prompts, [10] * 6, [])
+    # The third token of four rows as stop strings: rows stop at different steps, and the unfinished
+    # ones go on in a smaller cache.
+    stop = [tokenizer.decode(g.token_ids[2:3]) for g in free[:4]]
+    reusing = TorchEngine(model, tokenizer, sampling, min_compact_rows=2)
+    fresh = TorchEngine(model, tokenizer, sampling, reuse_prefixes=False, min_compact_rows=2)
+    first = reusing.generate(prompts, [10] * 6, stop)
+    assert [g.token_ids for g in first] == [g.token_ids for g in fresh.generate(prompts, [10] * 6, stop)]
+    assert len({len(g.token_ids) for g in first}) > 1
     # The next turn: each prompt extended by its generation and an information block; one row is new.
     turn = [[*p, *g.token_ids, *info[: 1 + i]] for i, (p, g) in enumerate(zip(prompts, first, strict=True))]
     turn[5] = prompts_of(tokenizer, 9)[8]

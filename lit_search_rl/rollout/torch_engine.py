@@ -26,6 +26,7 @@ is large enough to use the process's threads.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,6 +97,12 @@ class SlotCache:
         keys[self.rows, :, self.start : self.end] = key  # a group of rows (prefill): gathered copies
         values[self.rows, :, self.start : self.end] = value
         return keys[self.rows, :, : self.end], values[self.rows, :, : self.end]
+
+    def select(self, rows: torch.Tensor) -> SlotCache:
+        """A new cache holding only ``rows`` (copies), at the same position."""
+        selected = copy.copy(self)
+        selected.keys, selected.values = self.keys[:, rows], self.values[:, rows]
+        return selected
 
     def copy_from(self, source: Prefix, row: int, slot: int, length: int) -> None:
         """Copy the first ``length`` positions of ``source`` into ``row`` from ``slot`` on."""
@@ -169,6 +176,8 @@ class TorchEngine(HFEngine):
         group_cost: the cost of one more forward pass over new tokens, in tokens: rows with very
             different numbers of new tokens go through the model in separate groups when the
             padding saved is worth more.
+        min_compact_rows: a batch of at least this many rows decodes on with only its unfinished rows
+            once half of them have stopped.
     """
 
     def __init__(
@@ -181,6 +190,7 @@ class TorchEngine(HFEngine):
         prefill_threads: int | None = None,
         reuse_prefixes: bool = True,
         group_cost: int = 256,
+        min_compact_rows: int = 8,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -190,6 +200,7 @@ class TorchEngine(HFEngine):
         self.prefill_threads = prefill_threads
         self.reuse_prefixes = reuse_prefixes
         self.group_cost = group_cost
+        self.min_compact_rows = min_compact_rows
         self._kept = self._previous = PrefixIndex()
         self._weights: tuple[int, ...] = ()
         self.warpers = self._warpers()
@@ -282,17 +293,29 @@ class TorchEngine(HFEngine):
             logits[targets] = logits[sources]
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        n = 0
+        # Decoding runs on the rows still unfinished: when half of them have stopped, the others move
+        # to a smaller cache (the stopped rows' keys and values stay where they are, for the next turn).
+        batch = torch.arange(rows, device=device)  # the prompt row of each decoding row
+        home = [(cache, row) for row in range(rows)]  # where each row's keys and values are
+        seq, n = ids, 0  # seq: the decoding rows' ids
         while True:
-            token, logprobs[:, n] = self._sample(logits, ids[:, : width + n])
+            token, logprobs[batch, n] = self._sample(logits, seq[:, : width + n])
             token = torch.where(unfinished, token, self.pad_id)
-            ids[:, width + n] = token
+            seq[:, width + n] = token
             unfinished &= ~torch.isin(token, eos)
             if stop_criteria is not None:
-                unfinished &= ~stop_criteria(ids[:, : width + n + 1], logits)
+                unfinished &= ~stop_criteria(seq[:, : width + n + 1], logits)
+            if seq is not ids:
+                ids[batch, width + n] = token
             n += 1
             if n == budget or not unfinished.any():
                 break
+            if 2 * int(unfinished.sum()) <= len(unfinished) and len(unfinished) >= self.min_compact_rows:
+                keep = unfinished.nonzero()[:, 0]
+                batch, seq, token, lengths, open_slots = (x[keep] for x in (batch, seq, token, lengths, open_slots))
+                unfinished, cache = unfinished[keep], cache.select(keep)
+                for index, row in enumerate(batch.tolist()):
+                    home[row] = (cache, index)
             cache.advance(1)
             positions = (lengths + (n - 1))[:, None]  # (B, 1)
             logits = self._forward(model, token[:, None], positions, open_slots[..., : width + n], cache)
@@ -301,7 +324,7 @@ class TorchEngine(HFEngine):
         for row, (prompt, generation) in enumerate(zip(prompts, generations, strict=True)):
             # Every sampled token but the last was fed back, so the cache holds its keys and values.
             fed = [*prompt, *generation.token_ids[:-1]]
-            self._kept.add(fed, cache, row, width - len(prompt))
+            self._kept.add(fed, *home[row], width - len(prompt))
         return generations
 
     @staticmethod
