@@ -15,8 +15,9 @@ transformers and replaces the loop around it:
   first real token, as in ``generate``;
 - work is not repeated: rows with the same prompt (the K rollouts of a question) share one forward
   pass over it, a prompt that extends a sequence of the previous call (the agent loop's next turn)
-  takes that sequence's keys and values and computes only its new tokens, and rows whose numbers of
-  new tokens differ a lot go through the model in separate groups instead of padding.
+  takes that sequence's keys and values and computes only its new tokens, rows whose numbers of
+  new tokens differ a lot go through the model in separate groups instead of padding, and once half
+  of a batch has stopped the other rows decode on in a smaller cache.
 
 Seeding, budget groups, batch splitting and the finish reasons are ``HFEngine``'s. Decoding runs on
 ``threads`` threads (1 by default): a decode step is hundreds of small kernels, and waking a second
