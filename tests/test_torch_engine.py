@@ -34,14 +34,20 @@ def prompts_of(tokenizer, n: int) -> list[list[int]]:
 def test_greedy_generations_equal_the_transformers_engines(model, tokenizer, compact: int, monkeypatch) -> None:
     prompts = prompts_of(tokenizer, 12)
     budgets = [16, 16, 5, 16, 9, 16, 16, 5, 16, 16, 9, 16]  # three budget groups
-    stop = [tokenizer.decode(tokenizer("the", add_special_tokens=False)["input_ids"])]
     greedy = SamplingConfig(temperature=0.0)
+    # The first three tokens of the four longest prompts of the largest group as stop strings: those
+    # rows stop first, and the other rows, of different lengths, decode on alone without the padding
+    # only the stopped rows needed.
+    free = HFEngine(model, tokenizer, greedy).generate(prompts, budgets, [])
+    stop = [tokenizer.decode(free[row].token_ids[:3]) for row in (3, 5, 6, 8)]
     expected = HFEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
-    selects = []
-    select = SlotCache.select
+    selects, firsts = [], []
+    select, update = SlotCache.select, SlotCache.update
     monkeypatch.setattr(SlotCache, "select", lambda self, rows: selects.append(rows) or select(self, rows))
+    monkeypatch.setattr(SlotCache, "update", lambda self, *a: firsts.append(self.first) or update(self, *a))
     got = TorchEngine(model, tokenizer, greedy, min_compact_rows=compact).generate(prompts, budgets, stop)
     assert bool(selects) == (compact == 2)  # the unfinished rows went on alone
+    assert (max(firsts) > 0) == (compact == 2)  # without reading the padding only stopped rows needed
     assert [g.token_ids for g in got] == [e.token_ids for e in expected]
     assert [g.finish for g in got] == [e.finish for e in expected]
     assert {g.finish for g in got} == {"stop", "length"}  # rows stop at different steps

@@ -17,7 +17,8 @@ transformers and replaces the loop around it:
   pass over it, a prompt that extends a sequence of the previous call (the agent loop's next turn)
   takes that sequence's keys and values and computes only its new tokens, rows whose numbers of
   new tokens differ a lot go through the model in separate groups instead of padding, and once half
-  of a batch has stopped the other rows decode on in a smaller cache.
+  of a batch has stopped the other rows decode on in a smaller cache, without reading the padding
+  only the stopped rows needed.
 
 Seeding, budget groups, batch splitting and the finish reasons are ``HFEngine``'s. Decoding runs on
 ``threads`` threads (1 by default): a decode step is hundreds of small kernels, and waking a second
@@ -83,6 +84,7 @@ class SlotCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.start = self.end = 0
+        self.first = 0  # the first slot any row reads: slots before it are padding in every row
         self.rows: slice | torch.Tensor = slice(None)  # the rows the next forward computes
 
     def advance(self, length: int) -> None:
@@ -94,7 +96,7 @@ class SlotCache:
         if isinstance(self.rows, slice):  # all rows: views of the cache, no copies
             keys[:, :, self.start : self.end] = key
             values[:, :, self.start : self.end] = value
-            return keys[:, :, : self.end], values[:, :, : self.end]
+            return keys[:, :, self.first : self.end], values[:, :, self.first : self.end]
         keys[self.rows, :, self.start : self.end] = key  # a group of rows (prefill): gathered copies
         values[self.rows, :, self.start : self.end] = value
         return keys[self.rows, :, : self.end], values[self.rows, :, : self.end]
@@ -315,11 +317,12 @@ class TorchEngine(HFEngine):
                 keep = unfinished.nonzero()[:, 0]
                 batch, seq, token, lengths, open_slots = (x[keep] for x in (batch, seq, token, lengths, open_slots))
                 unfinished, cache = unfinished[keep], cache.select(keep)
+                cache.first = int(width - lengths.max())  # the padding only shorter rows had is not read
                 for index, row in enumerate(batch.tolist()):
                     home[row] = (cache, index)
             cache.advance(1)
             positions = (lengths + (n - 1))[:, None]  # (B, 1)
-            logits = self._forward(model, token[:, None], positions, open_slots[..., : width + n], cache)
+            logits = self._forward(model, token[:, None], positions, open_slots[..., cache.first : width + n], cache)
         new, chosen = ids[:, width : width + n].cpu(), logprobs[:, :n].cpu()
         generations = [self._row(new[r], chosen[r], budget, stop) for r in range(rows)]
         for row, (prompt, generation) in enumerate(zip(prompts, generations, strict=True)):
