@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from thread_settings import busy_jiffies, gemm_gflops
+from thread_settings import gemm_gflops, run_child
 
 from lit_search_rl.threads import configure_threads
 
@@ -102,24 +102,11 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def measure(case: str, engine: str, args: argparse.Namespace) -> dict:
-    """One engine on one case in a fresh process; its figures plus the other processes' load."""
+    """One engine on one case in a fresh process; its figures plus wall time and the other processes' load."""
     model, batch = CASES[case]
     command = [sys.executable, __file__, "--child", "--engine", engine, "--model", model, "--batch", str(batch),
                "--world", str(args.world), "--index", str(args.index)]  # fmt: skip
-    own_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    jiffies_before, start = busy_jiffies(), time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"over {args.timeout} s"}
-    wall = time.perf_counter() - start
-    own_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["other_cores"] = max(0.0, (busy_jiffies() - jiffies_before) / os.sysconf("SC_CLK_TCK") - own) / wall
-    return result
+    return run_child(command, args.timeout)
 
 
 def print_tables(rows: list[dict]) -> None:

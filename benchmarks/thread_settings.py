@@ -134,12 +134,18 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     for option in ("model", "world", "index", "questions", "group", "max_new_tokens", "max_turns", "update_length",
                    "update_repeats"):  # fmt: skip
         command += [f"--{option}", str(getattr(args, option))]
+    return run_child(command, args.timeout, env)
+
+
+def run_child(command: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
+    """Run a measuring child that prints its figures as JSON on its last line; adds wall time and the
+    other processes' load (``other_cores``), or returns ``{"error": ...}``."""
     own_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     jiffies_before, start = busy_jiffies(), time.perf_counter()
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"over {args.timeout} s"}
+        return {"error": f"over {timeout} s"}
     wall = time.perf_counter() - start
     jiffies = busy_jiffies() - jiffies_before
     own_after = resource.getrusage(resource.RUSAGE_CHILDREN)

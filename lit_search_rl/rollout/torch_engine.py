@@ -47,7 +47,7 @@ from lit_search_rl.rollout.engine import Generation, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-"""Decoder-only models whose forward takes prepared masks and a cache with ``update`` (full attention)."""
+"""Pre-norm decoders whose layers ``TorchEngine._forward`` calls module by module (full attention)."""
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -333,18 +333,12 @@ class TorchEngine(HFEngine):
 
     @staticmethod
     def _forward(
-        model,
-        ids: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: SlotCache,
-        last: torch.Tensor | None = None,
+        model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache
     ) -> torch.Tensor:
-        """(B, V) float logits of (B, T) ``ids`` at position ``last`` of each row (default: the last one).
+        """(B, V) float logits at the last of (B, T) ``ids``, attending to the cache under additive ``mask``.
 
-        The decoder's own modules, in its order; ``mask`` None means plainly causal.
-        The pre-norm decoder of llama, qwen2 and qwen3 (qwen3 adds a norm on each query and key head),
-        without transformers' generic dispatch around it.
+        The decoder's own modules, in its order: the pre-norm decoder of llama, qwen2 and qwen3 (qwen3
+        adds a norm on each query and key head), without transformers' generic dispatch around it.
         """
         base = model.model
         hidden = base.embed_tokens(ids)  # (B, T, D)
