@@ -46,7 +46,7 @@ from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation, scalars
 from lit_search_rl.fsdp import copy_full_weights, is_sharded, shard_policy
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
-from lit_search_rl.retrieval.base import Retriever
+from lit_search_rl.retrieval.base import EMPTY_RETRIEVER, EmptyRetriever, Retriever
 from lit_search_rl.rewards import INVALID_REWARDS, InvalidReward, get_reward, score_answer
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
 from lit_search_rl.rollout.encoding import pad_batch
@@ -87,7 +87,10 @@ class UpdateBatch:
 
 
 def open_retriever(spec: str) -> Retriever:
-    """An index folder, or the URL of a Search-R1-compatible retrieval server."""
+    """An index folder, the URL of a Search-R1-compatible retrieval server, or ``empty://`` for a retriever that
+    returns no passage (a no-search control)."""
+    if spec == EMPTY_RETRIEVER:
+        return EmptyRetriever()
     if spec.startswith(("http://", "https://")):
         from lit_search_rl.retrieval.http_client import HTTPRetriever
 
@@ -115,8 +118,9 @@ class GRPOModule(ExportsPolicy, LightningModule):
 
     Args:
         model: Folder or Hub name of the policy (``AutoModelForCausalLM``), e.g. the SFT export.
-        retriever: Index folder (``lit-search-rl index``) or URL of a Search-R1 retrieval server; unset when a
-            ``RetrieverService`` callback provides it.
+        retriever: Index folder (``lit-search-rl index``) or URL of a Search-R1 retrieval server; ``empty://`` for
+            a retriever that returns no passage (the no-search control); unset when a ``RetrieverService`` callback
+            provides it.
         dtype: Parameter dtype.
         group_size: Rollouts per question (K); at least 2, or no group has a baseline.
         batch_size: Signal groups per update (B).

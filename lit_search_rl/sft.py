@@ -34,6 +34,22 @@ def masked_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: t
     return (nll.view_as(mask) * mask).sum() / mask.sum().clamp(min=1)
 
 
+def copy_counts(logits: torch.Tensor, input_ids: torch.Tensor, copy_mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """Greedy (teacher-forced) predictions of the tokens the expert copies: (right, copied tokens, trajectories
+    with every copy right, trajectories with a copy).
+
+    Args:
+        logits: (B, T, V) model outputs; position t predicts token t + 1.
+        input_ids: (B, T) token ids.
+        copy_mask: (B, T) 1 on the tokens that spell a name or year copied from the question or a passage.
+    """
+    mask = copy_mask[:, 1:].bool()  # (B, T-1)
+    right = (logits[:, :-1].argmax(-1) == input_ids[:, 1:]) & mask  # (B, T-1)
+    has_copy = mask.any(-1)  # (B,)
+    all_right = (right.sum(-1) == mask.sum(-1)) & has_copy  # (B,)
+    return int(right.sum()), int(mask.sum()), int(all_right.sum()), int(has_copy.sum())
+
+
 class SFTModule(ExportsPolicy, LightningModule):
     """Supervised warm start of a search agent on expert trajectories.
 
@@ -44,6 +60,9 @@ class SFTModule(ExportsPolicy, LightningModule):
         warmup_steps: Steps of linear warm-up before the cosine decay.
         min_lr_ratio: Learning rate at the end of the cosine decay, as a fraction of the peak.
         dtype: Parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
+        information_loss_weight: Weight of a language-modelling loss on the retrieved passages, relative to the
+            expert's own tokens (0: the policy loss only). Reading the passages this way teaches copying faster;
+            use it only on worlds that are not tested (``data.fresh_worlds``), or the model learns the test facts.
         export_dir: Where to save the policy (Hugging Face layout) at each checkpoint and the end of fit; unset to skip.
     """
 
@@ -55,12 +74,16 @@ class SFTModule(ExportsPolicy, LightningModule):
         warmup_steps: int = 20,
         min_lr_ratio: float = 0.1,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        information_loss_weight: float = 0.0,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if information_loss_weight < 0:
+            raise ValueError(f"model.information_loss_weight must not be negative (got {information_loss_weight})")
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(model)  # light, and the data module shares it before the model exists
         self.policy = None
+        self._copies = [0, 0, 0, 0]  # validation: right, copied, all-right trajectories, trajectories
 
     def configure_model(self) -> None:
         # Built here rather than in __init__ so that sharded strategies can wrap it; idempotent.
@@ -70,18 +93,38 @@ class SFTModule(ExportsPolicy, LightningModule):
                 shard_policy(self.policy, self.device_mesh["data_parallel"])
             self.policy.train()  # from_pretrained returns eval mode
 
-    def _nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._nll(batch)
+        logits = self._logits(batch)
+        loss = masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
         self.log("train/loss", loss, prog_bar=True)
+        weight = self.hparams.information_loss_weight
+        if weight > 0:
+            information = masked_token_nll(logits, batch["input_ids"], batch["information_mask"])
+            self.log("train/information_loss", information)
+            loss = loss + weight * information
         self.log("train/trained_tokens", batch["loss_mask"].sum().float(), reduce_fx="sum")
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._copies = [0, 0, 0, 0]
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._nll(batch), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        logits = self._logits(batch)
+        loss = masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if "copy_mask" in batch:
+            counts = copy_counts(logits, batch["input_ids"], batch["copy_mask"])
+            self._copies = [a + b for a, b in zip(self._copies, counts, strict=True)]
+
+    def on_validation_epoch_end(self) -> None:
+        right, copied, exact, trajectories = self._copies
+        if copied:
+            # Exact ratios over the whole held-out set (a mean of per-batch ratios would weight batches).
+            self.log("val/copy_accuracy", right / copied, prog_bar=True, sync_dist=True)
+            self.log("val/copy_exact", exact / max(1, trajectories), sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

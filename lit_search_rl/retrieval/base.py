@@ -125,3 +125,17 @@ class Retriever(ABC):
     def close(self) -> None:
         """Release what the backend holds (connections, GPU memory); the default holds nothing."""
         return None
+
+
+EMPTY_RETRIEVER = "empty://"
+"""The retriever spec (``model.retriever``) of ``EmptyRetriever``."""
+
+
+class EmptyRetriever(Retriever):
+    """Answers every query with no passage: the control that shows how much an agent answers from memory.
+
+    An agent that truly searches should score far lower with it than with a real index.
+    """
+
+    def _search(self, queries: list[str], k: int) -> list[list[Document]]:
+        return [[] for _ in queries]

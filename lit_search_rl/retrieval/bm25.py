@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
@@ -52,4 +53,30 @@ class BM25Retriever(Retriever):
         self.store.close()
 
 
-__all__ = ["BM25Retriever", "build_bm25"]
+class InMemoryBM25(Retriever):
+    """BM25 over corpus rows held in memory (no index folder), with the same scoring as ``BM25Retriever``.
+
+    For corpora built on the fly, such as a freshly generated synthetic world whose expert
+    trajectories are rendered with the documents a real search would return.
+    """
+
+    def __init__(self, rows: Sequence[dict], k1: float = 1.5, b: float = 0.75, max_k: int = 100) -> None:
+        super().__init__()
+        if not rows:
+            raise ValueError("InMemoryBM25 needs at least one corpus row")
+        self.max_k = max_k
+        self.rows = list(rows)
+        self.index = bm25s.BM25(k1=k1, b=b)
+        texts = [str(r.get("contents", "")) for r in self.rows]
+        self.index.index(bm25s.tokenize(texts, stopwords=STOPWORDS, show_progress=False), show_progress=False)
+
+    def _search(self, queries: list[str], k: int) -> list[list[Document]]:
+        k = min(k, len(self.rows))
+        positions, scores = self.index.retrieve(_tokenize(queries), k=k, show_progress=False)  # (Q, k), (Q, k)
+        return [
+            [Document.from_row(self.rows[int(p)], float(s)) for p, s in zip(row_p, row_s, strict=True) if s > 0]
+            for row_p, row_s in zip(positions, scores, strict=True)
+        ]
+
+
+__all__ = ["BM25Retriever", "InMemoryBM25", "build_bm25"]

@@ -49,14 +49,16 @@ def encode_segments(
 
 
 def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` / ``loss_mask`` lists into (B, T) tensors with an attention mask."""
+    """Right-pad ``input_ids`` and every other per-token list of the examples (``loss_mask`` and any
+    further masks) into (B, T) tensors, padding masks with 0, and add an ``attention_mask``."""
     width = max(len(e["input_ids"]) for e in examples)
+    masks = [key for key in examples[0] if key != "input_ids"]
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    padded = {key: torch.zeros((len(examples), width), dtype=torch.long) for key in (*masks, "attention_mask")}
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         input_ids[i, :n] = torch.tensor(e["input_ids"])
-        loss_mask[i, :n] = torch.tensor(e["loss_mask"])
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "loss_mask": loss_mask, "attention_mask": attention_mask}
+        for key in masks:
+            padded[key][i, :n] = torch.tensor(e[key])
+        padded["attention_mask"][i, :n] = 1
+    return {"input_ids": input_ids, **padded}

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from lit_search_rl.data.synthetic.questions import Search, Step
-from lit_search_rl.retrieval.base import Document, split_contents
+from lit_search_rl.retrieval.base import Document, Retriever, split_contents
 from lit_search_rl.rollout.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -45,6 +45,15 @@ def gold_documents(corpus_contents: Mapping[str, str]) -> Callable[[Sequence[Sea
 
     def documents_for(searches: Sequence[Search]) -> list[Document]:
         return [Document(s.doc_ids[0], *split_contents(corpus_contents[s.doc_ids[0]])) for s in searches]
+
+    return documents_for
+
+
+def retrieved_documents(retriever: Retriever, k: int) -> Callable[[Sequence[Search]], list[Document]]:
+    """A search engine that answers each query with ``retriever``'s top ``k``, as the agent sees it at run time."""
+
+    def documents_for(searches: Sequence[Search]) -> list[Document]:
+        return [d for docs in retriever.search([s.query for s in searches], k) for d in docs]
 
     return documents_for
 
