@@ -18,10 +18,24 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords=STOPWORDS, return_ids=False, show_progress=False)
 
 
-def build_bm25(texts: list[str], folder: Path, k1: float = 1.5, b: float = 0.75) -> dict:
-    """Index ``texts`` (one per corpus row, in row order) and save to ``folder/bm25``; returns the settings."""
+def _indexed(texts: list[str], k1: float, b: float) -> bm25s.BM25:
     index = bm25s.BM25(k1=k1, b=b)
     index.index(bm25s.tokenize(texts, stopwords=STOPWORDS, show_progress=False), show_progress=False)
+    return index
+
+
+def _ranked(index: bm25s.BM25, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+    """(corpus position, score) of each query's top ``k``, best first; score-0 documents (no shared term) left out."""
+    positions, scores = index.retrieve(_tokenize(queries), k=k, show_progress=False)  # (Q, k), (Q, k)
+    return [
+        [(int(p), float(s)) for p, s in zip(row_p, row_s, strict=True) if s > 0]
+        for row_p, row_s in zip(positions, scores, strict=True)
+    ]
+
+
+def build_bm25(texts: list[str], folder: Path, k1: float = 1.5, b: float = 0.75) -> dict:
+    """Index ``texts`` (one per corpus row, in row order) and save to ``folder/bm25``; returns the settings."""
+    index = _indexed(texts, k1, b)
     index.save(Path(folder) / BM25_DIR, show_progress=False)
     return {"k1": k1, "b": b, "stopwords": STOPWORDS}
 
@@ -40,11 +54,8 @@ class BM25Retriever(Retriever):
         self.index = bm25s.BM25.load(Path(folder) / BM25_DIR, mmap=True, show_progress=False)
 
     def _search(self, queries: list[str], k: int) -> list[list[Document]]:
-        k = min(k, len(self.store))
-        positions, scores = self.index.retrieve(_tokenize(queries), k=k, show_progress=False)  # (Q, k), (Q, k)
         results = []
-        for row_positions, row_scores in zip(positions, scores, strict=True):
-            keep = [(int(p), float(s)) for p, s in zip(row_positions, row_scores, strict=True) if s > 0]
+        for keep in _ranked(self.index, queries, min(k, len(self.store))):
             rows = self.store.get([p for p, _ in keep])
             results.append([Document.from_row(r, s) for r, (_, s) in zip(rows, keep, strict=True)])
         return results
@@ -66,16 +77,12 @@ class InMemoryBM25(Retriever):
             raise ValueError("InMemoryBM25 needs at least one corpus row")
         self.max_k = max_k
         self.rows = list(rows)
-        self.index = bm25s.BM25(k1=k1, b=b)
-        texts = [str(r.get("contents", "")) for r in self.rows]
-        self.index.index(bm25s.tokenize(texts, stopwords=STOPWORDS, show_progress=False), show_progress=False)
+        self.index = _indexed([str(r.get("contents", "")) for r in self.rows], k1, b)
 
     def _search(self, queries: list[str], k: int) -> list[list[Document]]:
-        k = min(k, len(self.rows))
-        positions, scores = self.index.retrieve(_tokenize(queries), k=k, show_progress=False)  # (Q, k), (Q, k)
         return [
-            [Document.from_row(self.rows[int(p)], float(s)) for p, s in zip(row_p, row_s, strict=True) if s > 0]
-            for row_p, row_s in zip(positions, scores, strict=True)
+            [Document.from_row(self.rows[p], s) for p, s in keep]
+            for keep in _ranked(self.index, queries, min(k, len(self.rows)))
         ]
 
 
