@@ -43,6 +43,7 @@ from lit_search_rl.distributed import (
     sum_over_ranks,
 )
 from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation, scalars
+from lit_search_rl.evaluation.results import QuestionResult
 from lit_search_rl.fsdp import copy_full_weights, is_sharded, shard_policy
 from lit_search_rl.losses import AGGREGATIONS, KL_KINDS, aggregate, group_advantages, kl_penalty, policy_loss
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
@@ -208,6 +209,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.step_rollouts = 0  # trajectories rolled out in the current training step
         self.step_invalid_rewards = 0  # non-finite rewards scored 0 in the current training step
         self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
+        self.last_results: list[QuestionResult] = []  # its questions one by one (this rank's share)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -593,7 +595,7 @@ class GRPOModule(ExportsPolicy, LightningModule):
         if not self.evaluation.results:
             return
         summary = self.evaluation.finish()
-        self.last_evaluation = summary
+        self.last_evaluation, self.last_results = summary, list(self.evaluation.results)
         for name, value in scalars(stage, summary).items():
             self.log(name, value, prog_bar=name == f"{stage}/avg/em")
         if self.evaluation.config.tables:

@@ -14,12 +14,21 @@ pytestmark = pytest.mark.slow
 
 def test_demo_pipeline_runs_every_stage_and_prints_the_summary(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--sft_steps", "5", "--grpo_steps", "2", "--num_test", "3"]) == 0
+    args = ["--sft_steps", "5", "--grpo_steps", "2", "--num_test", "3", "--num_val", "2", "--val_every", "1"]
+    assert main(["demo", "--out", str(out), *args]) == 0
     printed = capsys.readouterr().out
     for family in ("chain", "iterative", "comparison", "avg"):
         assert family in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"]["avg"]["n"] == summary["after"]["avg"]["n"] == 9
+    for family in ("chain", "iterative", "comparison", "avg"):
+        gain = summary["gains"][family]
+        assert gain["low"] <= gain["gain"] <= gain["high"]
+        assert gain["gain"] == pytest.approx(summary["after"][family]["em"] - summary["before"][family]["em"])
+        # Nothing can be found without passages: the control's searches come back empty.
+        assert summary["no_search"]["sft"][family]["n"] == summary["before"][family]["n"]
+    assert "95% interval" in printed and "no search" in printed
+    assert Path(summary["validation_curve"]).is_file()
     assert (out / "sft-model" / "config.json").is_file() and (out / "grpo-recycle-model" / "config.json").is_file()
     assert list((out / "logs").rglob("recycling.png"))
     assert list((out / "logs").rglob("test-step0.md"))

@@ -143,3 +143,14 @@ def test_impossible_settings_name_the_option(field: str, value: int, needle: str
     config = dataclasses.replace(SMALL_WORLD, **{field: value})
     with pytest.raises(ValueError, match=re.escape(needle)):
         generate_world(config)
+
+
+def test_bm25_ranks_the_experts_passage_first_for_nearly_every_query(default_world) -> None:
+    # A query "<name> <keyword>" must find the passage that states the fact before passages that only share the
+    # keyword (city passages say "country", so "<city> country" does not rank the country passages first).
+    from lit_search_rl.retrieval.bm25 import InMemoryBM25
+
+    searches = [s for q in default_world.splits["sft"] for step in q.steps for s in step.searches]
+    top = InMemoryBM25([p.to_row() for p in default_world.corpus.passages]).search([s.query for s in searches], 1)
+    hits = sum(docs[0].id in s.doc_ids for s, docs in zip(searches, top, strict=True))
+    assert hits / len(searches) >= 0.99, f"recall@1 {hits / len(searches):.3f}"

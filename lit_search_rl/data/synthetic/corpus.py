@@ -31,7 +31,12 @@ _REFERENCE = {"person": "{x}", "city": "The city", "country": "The country", "co
 _FACTS = {
     "born_in": ["{x} was born in {y}.", "{x} grew up in {y}, where they were born.", "{x} is a native of {y}."],
     "birth_year": ["{x} was born in {y}.", "{x} came into the world in {y}.", "{x}'s year of birth is {y}."],
-    "located_in": ["{x} is located in {y}.", "{x} lies in {y}.", "{x} is part of {y}."],
+    # Each says "country": a query "<city> country" must find the city's passage before the country passages.
+    "located_in": [
+        "{x} is located in the country of {y}.",
+        "{x} lies in {y}, its country.",
+        "{x} is part of the country {y}.",
+    ],
     "capital": ["The capital of {x} is {y}.", "{x} is governed from its capital, {y}.", "{y} is the capital."],
     "founded_by": ["{x} was founded by {y}.", "{x} was started by {y}.", "{y} is the founder of {x}."],
     "headquartered_in": ["{x} is headquartered in {y}.", "{x} has its head office in {y}.", "{x} is based in {y}."],
