@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lit_search_rl.data import sft as sft_data
 from lit_search_rl.data.sft import ExpertSet, LengthGroupedBatches, expert_examples, fresh_world_seed
 from lit_search_rl.data.synthetic.schema import RELATIONS
 from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world
 from lit_search_rl.models.tiny import TinyModelConfig, build_model, train_tokenizer, world_texts
+from lit_search_rl.retrieval.base import Document, split_contents
 from lit_search_rl.rollout.encoding import pad_batch
+from lit_search_rl.rollout.protocol import TAGS
 from lit_search_rl.sft import copy_counts
 
 
@@ -45,6 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--init_std", type=float, default=0.0, help="Initialisation std of the weights; 0 for 0.02.")
     p.add_argument("--top_k", type=int, default=3, help="Passages per expert query in training (0: gold only).")
     p.add_argument("--gold_share", type=float, default=0.0, help="Share of the time budget trained on gold-only.")
     p.add_argument(
@@ -58,6 +63,33 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="Pretrain on passages each followed by its facts restated as the expert states them.",
     )
+    p.add_argument(
+        "--induction_steps",
+        type=int,
+        default=0,
+        help="Steps on random token sequences repeated once (induction drills) before the trajectories.",
+    )
+    p.add_argument(
+        "--fact_sentences",
+        action="store_true",
+        help="Information blocks hold only the sentence that states the fact (with top_k 0).",
+    )
+    p.add_argument(
+        "--drill",
+        choices=("repeat", "mqar"),
+        default="repeat",
+        help="repeat: a random sequence then the same again; mqar: random key-value pairs, then the keys "
+        "in a new order, each followed by its value (multi-query associative recall).",
+    )
+    p.add_argument(
+        "--induction_mix",
+        type=float,
+        default=0.0,
+        help="Weight of an induction-drill batch added to every trajectory step (0: none).",
+    )
+    p.add_argument(
+        "--induction_length", type=int, default=32, help="Length of the sequence an induction drill repeats."
+    )
     p.add_argument("--eval_top_k", type=int, default=3, help="Passages per query in the held-out trajectories.")
     p.add_argument("--pretrain_length", type=int, default=256, help="Row length of the passage pretraining.")
     p.add_argument("--info_weight", type=float, default=0.0, help="LM loss weight on the information blocks.")
@@ -65,6 +97,20 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max_hops", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args()
+
+
+def fact_documents(contents: dict[str, str]):
+    """A search engine that answers each expert query with the one sentence of its passage that states the fact."""
+
+    def documents_for(searches):
+        documents = []
+        for search in searches:
+            title, text = split_contents(contents[search.doc_ids[0]])
+            sentence = next(x for x in re.split(r"(?<=\.) ", text) if search.learns in x)
+            documents.append(Document(search.doc_ids[0], title, sentence))
+        return documents
+
+    return documents_for
 
 
 def passage_rows(tokenizer, world, length: int, drills: bool = False) -> list[dict]:
@@ -106,12 +152,35 @@ def losses(policy, batch: dict, info_weight: float) -> torch.Tensor:
     return loss
 
 
+def tag_context(ids: torch.Tensor, tag_ids: dict[str, int]) -> torch.Tensor:
+    """(B, T) code of the block each token is in: 0 none, 1 think, 2 search, 3 answer."""
+    context = torch.zeros_like(ids)
+    for row in range(ids.shape[0]):
+        current = 0
+        for t, token in enumerate(ids[row].tolist()):
+            if token in (tag_ids["<think>"], tag_ids["<search>"], tag_ids["<answer>"]):
+                current = {tag_ids["<think>"]: 1, tag_ids["<search>"]: 2, tag_ids["<answer>"]: 3}[token]
+            elif token in (tag_ids["</think>"], tag_ids["</search>"], tag_ids["</answer>"]):
+                current = 0
+            context[row, t] = current
+    return context
+
+
 @torch.no_grad()
-def evaluate(policy, batches: list[dict]) -> dict[str, float]:
+def evaluate(policy, batches: list[dict], tag_ids: dict[str, int] | None = None) -> dict[str, float]:
     policy.eval()
     totals, nll_sum, n_tok = [0, 0, 0, 0], 0.0, 0
+    by_block = {name: [0, 0] for name in ("think", "search", "answer")}
     for batch in batches:
         logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if tag_ids is not None:
+            context = tag_context(batch["input_ids"], tag_ids)[:, 1:]
+            right = logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]
+            copies = batch["copy_mask"][:, 1:].bool()
+            for code, name in ((1, "think"), (2, "search"), (3, "answer")):
+                where = copies & (context == code)
+                by_block[name][0] += int((right & where).sum())
+                by_block[name][1] += int(where.sum())
         counts = copy_counts(logits, batch["input_ids"], batch["copy_mask"])
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
         mask = batch["loss_mask"][:, 1:].bool()
@@ -119,11 +188,14 @@ def evaluate(policy, batches: list[dict]) -> dict[str, float]:
         nll_sum, n_tok = nll_sum + float(nll), n_tok + int(mask.sum())
     policy.train()
     right, copied, exact, trajectories = totals
-    return {"copy_accuracy": right / copied, "copy_exact": exact / trajectories, "val_loss": nll_sum / n_tok}
+    blocks = {f"copy_in_{name}": r / max(1, n) for name, (r, n) in by_block.items() if n}
+    return {"copy_accuracy": right / copied, "copy_exact": exact / trajectories, "val_loss": nll_sum / n_tok, **blocks}
 
 
 def main() -> None:
     args = parse()
+    if args.fact_sentences:
+        sft_data.gold_documents = fact_documents  # expert_examples renders top_k 0 through this name
     torch.manual_seed(args.seed)
     test_config = WorldConfig(seed=args.seed, max_hops=args.max_hops, num_sft=300, num_train=900, num_val=20,
                               num_test=100)  # fmt: skip
@@ -134,11 +206,16 @@ def main() -> None:
                             num_heads=args.heads, num_kv_heads=args.kv_heads,
                             intermediate_size=args.intermediate or 3 * args.hidden, seed=args.seed)  # fmt: skip
     policy = build_model(shape, tokenizer)
+    if args.init_std:
+        torch.manual_seed(args.seed)
+        policy.config.initializer_range = args.init_std
+        policy.init_weights()
     policy.train()
     held_out, _ = expert_examples(tokenizer, ExpertSet.from_folder(folder), args.eval_top_k, 3, 1024)
     random.Random(args.seed).shuffle(held_out)
     val = [pad_batch(held_out[i : i + 16], tokenizer.pad_token_id) for i in range(0, 64, 16)]
 
+    tag_ids = {tag: tokenizer.convert_tokens_to_ids(tag) for tag in TAGS}
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     curve, trained, steps, tokens, epoch = [], 0.0, 0, 0, 0
     # The cosine decay needs a step count; estimate it from the first epoch's pace, then keep it fixed.
@@ -152,7 +229,51 @@ def main() -> None:
         progress = min(1.0, (step - args.warmup) / max(1, total_steps - args.warmup))
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    curve.append({"seconds": 0.0, "steps": 0, "tokens": 0, **evaluate(policy, val)})
+    curve.append({"seconds": 0.0, "steps": 0, "tokens": 0, **evaluate(policy, val, tag_ids)})
+    ordinary = torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids) - set(tag_ids.values())))
+    generator = torch.Generator().manual_seed(args.seed)
+    n = args.induction_length
+
+    def drill_loss() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Next-token loss on the repeated half of random token sequences, its logits and the ids."""
+        first = ordinary[torch.randint(0, len(ordinary), (args.batch, n), generator=generator)]
+        if args.drill == "repeat":
+            ids = torch.cat([first, first], 1)  # (B, 2n): the second half repeats the first
+            logits = policy(input_ids=ids).logits[:, n - 1 : -1]
+            return F.cross_entropy(logits.flatten(0, 1), ids[:, n:].flatten()), logits, ids[:, n:]
+        # n // 2 pairs (key, value); then the pairs again in a random order: each value follows its key.
+        order = torch.argsort(torch.rand(args.batch, n // 2, generator=generator), dim=1)  # (B, n/2)
+        pairs = first.view(args.batch, n // 2, 2)
+        asked = torch.gather(pairs, 1, order[..., None].expand(-1, -1, 2)).flatten(1)  # (B, n)
+        ids = torch.cat([first, asked], 1)  # (B, 2n)
+        logits = policy(input_ids=ids).logits[:, n:-1:2]  # at each asked key: predict its value
+        targets = ids[:, n + 1 :: 2]
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), logits, targets
+
+    if args.induction_steps:
+        started = time.perf_counter()
+        for drill_step in range(args.induction_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(steps)
+            loss, logits, ids = drill_loss()
+            if drill_step % 25 == 24:
+                accuracy = float((logits.argmax(-1) == ids).float().mean())
+                seconds = round(trained + time.perf_counter() - started, 1)
+                print(json.dumps({"drill_step": drill_step + 1, "seconds": seconds, "drill_accuracy": accuracy}),
+                      flush=True)  # fmt: skip
+                if accuracy >= 0.95 and args.seconds <= 1:
+                    break
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            tokens += ids.numel()
+        drill_accuracy = float((logits.argmax(-1) == ids).float().mean())
+        trained += time.perf_counter() - started
+        curve.append({"seconds": round(trained, 1), "steps": steps, "tokens": tokens, "drill_accuracy": drill_accuracy,
+                      **evaluate(policy, val, tag_ids)})  # fmt: skip
+        print(json.dumps(curve[-1]), flush=True)
     next_eval = args.eval_every
     done = False
     while not done:
@@ -174,6 +295,8 @@ def main() -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(steps)
             loss = losses(policy, batch, args.info_weight)
+            if args.induction_mix > 0:
+                loss = loss + args.induction_mix * drill_loss()[0]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
@@ -181,11 +304,11 @@ def main() -> None:
             steps += 1
             tokens += int(batch["attention_mask"].sum())
             trained += time.perf_counter() - started
-            if total_steps is None and steps == 30:
+            if total_steps is None and steps == args.induction_steps + 30:
                 total_steps = int(steps * args.seconds / trained)
             if trained >= next_eval or trained >= args.seconds:
                 point = {"seconds": round(trained, 1), "steps": steps, "tokens": tokens, "loss": float(loss.detach()),
-                         **evaluate(policy, val)}  # fmt: skip
+                         **evaluate(policy, val, tag_ids)}  # fmt: skip
                 curve.append(point)
                 print(json.dumps(point), flush=True)
                 next_eval += args.eval_every

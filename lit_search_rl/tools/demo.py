@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lit_search_rl.evaluation.bootstrap import paired_bootstrap
 from lit_search_rl.tools.common import ToolError, make_parser
 
 FAMILIES = ("chain", "iterative", "comparison")
@@ -106,6 +105,7 @@ def _test(out: Path, policy: Path, name: str, seed: int, retriever: str | None =
 def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     """Run the main job into ``out``; returns the figures the summary prints."""
     from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world
+    from lit_search_rl.evaluation.bootstrap import paired_bootstrap
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
     from lit_search_rl.retrieval.index import build_index
 
