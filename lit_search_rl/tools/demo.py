@@ -47,9 +47,9 @@ class DemoSettings:
     """Longest relation chain of a question."""
     num_test: int = 100
     """Test questions per family (100 keeps a gain of 0.10 well outside the noise of the test set)."""
-    num_val: int = 30
+    num_val: int = 20
     """Validation questions per family, evaluated every ``val_every`` GRPO steps for the learning curve."""
-    val_every: int = 10
+    val_every: int = 20
     """GRPO rollout steps between validations."""
     hidden_size: int = 128
     """Width of the tiny model (narrower than the library default, for speed on two cores)."""
