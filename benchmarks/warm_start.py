@@ -31,7 +31,7 @@ from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, writ
 from lit_search_rl.models.tiny import TinyModelConfig, build_model, train_tokenizer, world_texts
 from lit_search_rl.retrieval.base import Document, split_contents
 from lit_search_rl.rollout.encoding import pad_batch
-from lit_search_rl.rollout.protocol import TAGS
+from lit_search_rl.rollout.protocol import TAGS, THINK_CLOSE, THINK_OPEN
 from lit_search_rl.sft import copy_counts
 
 
@@ -128,9 +128,9 @@ def passage_rows(tokenizer, world, length: int, drills: bool = False) -> list[di
                 facts.setdefault(doc_id, []).append(statement)
     ids: list[int] = []
     for passage in world.corpus.passages:
-        text = passage.to_row()["contents"] + "\n"
+        text = passage.contents + "\n"
         if passage.id in facts:
-            text += f"<think> {' '.join(facts[passage.id])} </think>\n"
+            text += f"{THINK_OPEN} {' '.join(facts[passage.id])} {THINK_CLOSE}\n"
         ids += tokenizer(text, add_special_tokens=False)["input_ids"]
     rows = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
     return [{"input_ids": r, "loss_mask": [1] * length, "information_mask": [0] * length} for r in rows]
