@@ -148,6 +148,85 @@ def check_sources(section: str, values: Mapping[str, Any]) -> None:
         check_model_source(model, f"{section}.model")
 
 
+# -- data files: present, and their rows readable --------------------------------------------------
+
+PATH_ARGS = {"model": ("retriever",), "data": ("train", "world", "tokenizer")}
+"""Init arguments that name a local file or folder; ``model.model`` (a folder or a Hub id) is ``check_sources``'."""
+
+EVAL_SPLITS = {"fit": ("val_sets",), "validate": ("val_sets",), "test": ("test_sets",)}
+"""The evaluation sets each subcommand reads."""
+
+
+def _get(value: Any, key: str) -> Any:
+    """``key`` of a mapping, a namespace or a dataclass; None when it has none."""
+    return value.get(key) if hasattr(value, "get") else getattr(value, key, None)
+
+
+def check_local(value: Any, flag: str) -> None:
+    """A value that looks like a local path (its parent folder exists, or it starts with ./ / ~) must exist.
+
+    ``Qwen/Qwen3-1.7B`` is a Hub id (no folder ``Qwen`` here) and URLs (``http://``, ``empty://``) are left alone.
+    """
+    if not isinstance(value, str) or "://" in value:
+        return
+    path = Path(value).expanduser()
+    looks_local = value.startswith((".", "/", "~")) or (path.parent != Path(".") and path.parent.is_dir())
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"{flag}: {value} does not exist")
+
+
+def check_paths(section: str, values: Any, subcommand: str | None = None) -> None:
+    """Every local file or folder the ``section``'s init arguments name exists, with the evaluation sets that
+    ``subcommand`` reads (all of them without one)."""
+    for name in PATH_ARGS.get(section, ()):
+        check_local(_get(values, name), f"{section}.init_args.{name}")
+    for split in EVAL_SPLITS.get(subcommand or "", ("val_sets", "test_sets")):
+        for i, eval_set in enumerate(_get(values, split) or []):
+            path = _get(eval_set, "path")
+            if isinstance(path, str) and not Path(path).exists():
+                raise FileNotFoundError(f"{section}.init_args.{split}[{i}].path: {path} does not exist")
+
+
+def check_train_rows(values: Any, subcommand: str | None) -> None:
+    """Read the rows of the training questions ``fit`` uses (``data.train``), so a bad row stops it at once."""
+    from lit_search_rl.data.qa import load_qa
+
+    train = _get(values, "train")
+    if subcommand == "fit" and isinstance(train, str) and Path(train).is_file():
+        try:
+            load_qa(Path(train))
+        except ValueError as e:
+            raise ValueError(f"data.train: {e}") from None
+
+
+def check_eval_rows(values: Any, subcommand: str | None) -> None:
+    """Read the rows of the evaluation files ``subcommand`` uses, so bad data stops it before anything is built.
+
+    Hub datasets are left to set-up (they need the network); the loader keeps what it read for set-up.
+    """
+    from lit_search_rl.data.eval_sets import EvalSet, load_eval_set
+
+    for split in EVAL_SPLITS.get(subcommand or "", ()):
+        for i, given in enumerate(_get(values, split) or []):
+            fields = given.as_dict() if hasattr(given, "as_dict") else given
+            if isinstance(fields, EvalSet):
+                eval_set = fields
+            elif isinstance(fields, Mapping):
+                try:
+                    eval_set = EvalSet(**dict(fields))
+                except TypeError:  # an unknown field: the config classes name it
+                    continue
+            else:
+                continue
+            if eval_set.path is None:
+                continue
+            try:
+                load_eval_set(eval_set)
+            except (ValueError, OSError) as e:
+                kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+                raise kind(f"data.{split}[{i}]: {e}") from None
+
+
 # -- model names: a local folder or a Hub id ------------------------------------------------------
 
 

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- the fast check ---------------------------------------------------------------------------
 # What LightningCLI will see of ``model`` and ``data``, from the config files and the command line,
 # read in order as jsonargparse reads them. Anything this simple reading cannot follow (a section
-# given as its own file, a nested key, help or print_config) is left out, never guessed: the fast
+# given as its own file, a nested key, help) is left out, never guessed: the fast
 # check only ever applies a subset of the checks that run again once the classes are imported.
 
 _SECTIONS = ("model", "data")
@@ -82,16 +82,25 @@ _UNSURE = object()  # a section whose contents this reading cannot tell
 
 
 def precheck(argv: Sequence[str]) -> None:
-    """Check ``fit|validate|test`` arguments without importing Lightning: YAML syntax, model and data settings.
+    """Check ``fit|validate|test`` arguments without importing Lightning: YAML syntax, model and data settings,
+    the files they name and the rows of the question files. With ``--print_config`` only the files are checked.
 
     ``argv`` starts with the subcommand. Raises ``ValueError`` or ``FileNotFoundError`` naming the
     file and line, or the option.
     """
-    from lit_search_rl.checks import check_settings, check_sources
+    from lit_search_rl.checks import (
+        check_eval_rows,
+        check_paths,
+        check_settings,
+        check_sources,
+        check_train_rows,
+    )
 
-    args = list(argv[1:])
-    if any(a in ("-h", "--help") or a.startswith("--print_config") or a.endswith(".help") for a in args):
+    subcommand, args = argv[0] if argv else None, list(argv[1:])
+    if any(a in ("-h", "--help") or a.endswith(".help") for a in args):
         return
+    # --print_config prints and exits inside LightningCLI before its own checks: the files are checked here.
+    printing = any(a.startswith("--print_config") for a in args)
     sections: dict[str, dict | object] = {name: {"class_path": None, "init_args": {}} for name in _SECTIONS}
     i = 0
     while i < len(args):
@@ -103,7 +112,9 @@ def precheck(argv: Sequence[str]) -> None:
                 value = ""
             else:
                 step = 2
-        if flag in ("-c", "--config"):
+        if flag.startswith("--print_config"):
+            step = 1  # its value, if any, is given inline (--print_config=skip_null)
+        elif flag in ("-c", "--config"):
             for name, given in _read_config(value).items():
                 if name in sections:
                     _merge(sections, name, given)
@@ -116,11 +127,20 @@ def precheck(argv: Sequence[str]) -> None:
                 sections[name]["init_args"][key] = _yaml_value(value)
         i += step
     known = {name: section for name, section in sections.items() if section is not _UNSURE}
+    if printing:  # it shows what was given, even a value training would refuse, but names a missing file
+        for name, section in known.items():
+            check_paths(name, section["init_args"], subcommand)
+        return
     for name, section in known.items():
         # A reward name may be registered by a module the config imports (a callback's, say), which this
         # reading does not import: reward names are checked once the classes are resolved.
         values = {key: value for key, value in section["init_args"].items() if key != "reward"}
         check_settings(name, section["class_path"], values)
+    for name, section in known.items():  # then the files, before Lightning's import (many seconds)
+        check_paths(name, section["init_args"], subcommand)
+    if "data" in known:
+        check_train_rows(known["data"]["init_args"], subcommand)
+        check_eval_rows(known["data"]["init_args"], subcommand)
     for name, section in known.items():  # then what may take a look-up: the model folder or Hub id
         check_sources(name, section["init_args"])
 

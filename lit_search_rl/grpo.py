@@ -209,7 +209,8 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self.step_rollouts = 0  # trajectories rolled out in the current training step
         self.step_invalid_rewards = 0  # non-finite rewards scored 0 in the current training step
         self.last_evaluation: dict[str, dict[str, float]] | None = None  # summary of the latest evaluation
-        self.last_results: list[QuestionResult] = []  # its questions one by one (this rank's share)
+        self.last_results: list[QuestionResult] = []  # its questions one by one (every rank holds them all)
+        self.last_predictions: Path | None = None  # the predictions file it wrote (rank zero)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -573,7 +574,10 @@ class GRPOModule(ExportsPolicy, LightningModule):
                 return SamplingConfig(cfg.temperature, seed=seed + 7919 * rank)
 
             samples = self._rollout(questions, cfg.n_samples, sampling)
-        self.evaluation.add(dataset, questions, greedy, samples)
+        texts = None
+        if self.evaluation.config.predictions and self.evaluation.config.trajectories:
+            texts = [self.tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in greedy]
+        self.evaluation.add(dataset, questions, greedy, samples, texts)
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -591,21 +595,25 @@ class GRPOModule(ExportsPolicy, LightningModule):
         self._finish_evaluation("test")
 
     def _finish_evaluation(self, stage: str) -> None:
-        """Log ``<stage>/<dataset>/<metric>`` and write the results tables into the log folder."""
+        """Log ``<stage>/<dataset>/<metric>`` and write the results tables and the predictions into the log folder."""
         if not self.evaluation.results:
             return
         summary = self.evaluation.finish()
         self.last_evaluation, self.last_results = summary, list(self.evaluation.results)
         for name, value in scalars(stage, summary).items():
             self.log(name, value, prog_bar=name == f"{stage}/avg/em")
-        if self.evaluation.config.tables:
+        if self.evaluation.config.tables or self.evaluation.config.predictions:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
-            self._write_tables(summary, folder, f"{stage}-step{self.global_step}")
+            self._write_results(summary, folder, f"{stage}-step{self.global_step}")
 
     @rank_zero_only
-    def _write_tables(self, summary: dict, folder: Path, stem: str) -> None:
-        markdown, _ = self.evaluation.write(summary, folder, stem)
-        rank_zero_info(f"evaluation results: {markdown}")
+    def _write_results(self, summary: dict, folder: Path, stem: str) -> None:
+        for path in self.evaluation.write(summary, folder, stem):
+            if path.suffix == ".jsonl":
+                self.last_predictions = path
+            if path.suffix != ".csv":  # the Markdown table and the predictions; the CSV sits beside the table
+                label = "predictions" if path.suffix == ".jsonl" else "evaluation results"
+                rank_zero_info(f"{label}: {path}")
 
     # -- logging and saving -----------------------------------------------------------------
 

@@ -13,6 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def json_error(error: json.JSONDecodeError) -> str:
+    """What is wrong with a JSON text and where: ``Expecting ',' delimiter at column 31``."""
+    at = "" if error.msg.endswith(" at") else " at"  # "Invalid control character at" names no place itself
+    return f"{error.msg}{at} column {error.colno}"
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Rows of a JSON-lines file; a bad line raises ``ValueError`` naming file and line."""
     with Path(path).open(encoding="utf-8") as f:
@@ -22,7 +28,7 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{number}: not valid JSON ({json_error(e)})") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

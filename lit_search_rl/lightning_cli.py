@@ -13,10 +13,7 @@ from typing import Any
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from lit_search_rl.checks import check_settings, check_sources
-
-# Init arguments that name a local file or folder; `model.model` (a folder or a Hub id) is checked by check_sources.
-_PATH_ARGS = {"model": ("retriever",), "data": ("train", "world", "tokenizer")}
+from lit_search_rl.checks import check_eval_rows, check_paths, check_settings, check_sources
 
 
 class SearchRLCLI(LightningCLI):
@@ -93,36 +90,8 @@ class SearchRLCLI(LightningCLI):
             check_settings(section, _get(config, f"{section}.class_path"), init)
         for section, init in inits.items():
             check_sources(section, init)
-        for section, names in _PATH_ARGS.items():
-            init = _get(config, f"{section}.init_args")
-            for name in names:
-                _check_local(_get(init, name), f"{section}.init_args.{name}")
-            for split in ("val_sets", "test_sets"):
-                for i, eval_set in enumerate(_get(init, split) or []):
-                    path = _get(eval_set, "path")
-                    if path is not None and not Path(path).exists():
-                        raise FileNotFoundError(f"{section}.init_args.{split}[{i}].path: {path} does not exist")
-        self._check_eval_rows(_get(config, "data.init_args"))
-
-    def _check_eval_rows(self, init: Any) -> None:
-        """Read the rows of the evaluation files this run uses, so bad data stops it before any logger writes.
-
-        Hub datasets are left to set-up (they need the network); the loader keeps what it read for set-up.
-        """
-        from lit_search_rl.data.eval_sets import EvalSet, load_eval_set
-
-        splits = {"fit": ["val_sets"], "validate": ["val_sets"], "test": ["test_sets"]}.get(self.subcommand, [])
-        for split in splits:
-            for i, eval_set in enumerate(_get(init, split) or []):
-                fields = eval_set.as_dict() if hasattr(eval_set, "as_dict") else eval_set
-                eval_set = fields if isinstance(fields, EvalSet) else EvalSet(**dict(fields))
-                if eval_set.path is None:
-                    continue
-                try:
-                    load_eval_set(eval_set)
-                except (ValueError, OSError) as e:
-                    kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
-                    raise kind(f"data.{split}[{i}]: {e}") from None
+            check_paths(section, init, self.subcommand)
+        check_eval_rows(_get(config, "data.init_args"), self.subcommand)
 
 
 class _NoAdvertisingTips(logging.Filter):
@@ -146,16 +115,3 @@ def _get(namespace: Any, dotted: str) -> Any:
             return None
         namespace = namespace.get(key) if hasattr(namespace, "get") else getattr(namespace, key, None)
     return namespace
-
-
-def _check_local(value: Any, flag: str) -> None:
-    """A value that looks like a local path (its parent folder exists, or it starts with ./ / ~) must exist.
-
-    ``Qwen/Qwen3-1.7B`` is a Hub id (no folder ``Qwen`` here) and URLs are left alone.
-    """
-    if not isinstance(value, str) or "://" in value:
-        return
-    path = Path(value).expanduser()
-    looks_local = value.startswith((".", "/", "~")) or (path.parent != Path(".") and path.parent.is_dir())
-    if looks_local and not path.exists():
-        raise FileNotFoundError(f"{flag}: {value} does not exist")

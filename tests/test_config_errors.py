@@ -24,8 +24,12 @@ def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECYCLE) -> str:
-    """The one line that ``lit-search-rl fit --config CONFIG ARGS`` prints, after checking it is one line."""
-    assert main(["fit", "--config", config, *args]) == 2
+    """The one line that ``lit-search-rl fit --config CONFIG ARGS`` prints, after checking it is one line.
+
+    The config's validation files (the demo's) are dropped: the fast check would name them first where the demo
+    has not run.
+    """
+    assert main(["fit", "--config", config, "--data.init_args.val_sets", "[]", *args]) == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err[-3000:]
@@ -185,20 +189,53 @@ def test_the_fast_check_accepts_every_shipped_config(config: Path, monkeypatch: 
     from lit_search_rl.cli import precheck
 
     monkeypatch.setattr("lit_search_rl.checks.check_model_source", lambda value, flag: None)
+    # The data files a config names are the user's to provide (the Qwen3 configs name Search-R1's).
+    for check in ("check_paths", "check_train_rows", "check_eval_rows"):
+        monkeypatch.setattr(f"lit_search_rl.checks.{check}", lambda *args: None)
     precheck(["fit", "--config", str(config)])
     raw = yaml.safe_load(config.read_text())
     for section in ("model", "data"):
         check_settings(section, raw[section]["class_path"], raw[section].get("init_args", {}))
 
 
-def test_help_and_print_config_skip_the_fast_check(capsys: pytest.CaptureFixture[str]) -> None:
-    from lit_search_rl.cli import precheck
-
-    # --print_config shows what was given, even a value training would refuse.
-    precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", "--print_config"])
+def test_help_skips_the_fast_check_and_print_config_checks_only_the_files(tmp_path: Path) -> None:
+    no_sets = ["--data.init_args.val_sets", "[]"]
+    # --print_config shows what was given, even a value training would refuse...
+    precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", *no_sets, "--print_config"])
     precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", "--help"])
     with pytest.raises(ValueError, match="model.group_size"):
-        precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1"])
+        precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", *no_sets])
+    # ...but a file that is not there is named before anything prints.
+    missing = str(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"data.init_args.train: .*missing.jsonl does not exist"):
+        precheck(
+            ["fit", "--config", RECYCLE, f"--data.init_args.train={missing}", *no_sets, "--print_config=skip_null"]
+        )
+    with pytest.raises(FileNotFoundError, match=r"data.init_args.val_sets\[0\].path: .*missing.jsonl"):
+        precheck(
+            ["fit", "--config", RECYCLE, "--data.init_args.val_sets", f'[{{"path": "{missing}"}}]', "--print_config"]
+        )
+
+
+def test_data_files_are_read_before_any_heavy_import(tmp_path: Path) -> None:
+    """A missing or unreadable question file fails in about a second, not after Lightning's import."""
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "train.jsonl").write_text('{"question": "q?", "golden_answers": ["a"]}\n{"question": "r?"}\n')
+    cases = {
+        "test": (["--data.init_args.test_sets", f'[{{"path": "{tmp_path / "nope.jsonl"}"}}]'],
+                 "test_sets[0].path: " + str(tmp_path / "nope.jsonl") + " does not exist"),
+        "validate": (["--data.init_args.val_sets", f'[{{"path": "{tmp_path / "empty.parquet"}"}}]'],
+                     "empty.parquet: not a readable parquet file (Parquet file size is 0 bytes)"),
+        "fit": ([f"--data.init_args.train={tmp_path / 'train.jsonl'}", "--data.init_args.val_sets=[]"],
+                "data.train: " + str(tmp_path / "train.jsonl") + ": row 2 has no golden answers"),
+    }  # fmt: skip
+    for command, (args, needle) in cases.items():
+        code = ("import sys; from lit_search_rl.cli import main; "
+                f"rc = main([{command!r}, '--config', {RECYCLE!r}, '--model.init_args.model', {str(tmp_path)!r}, "
+                f"*{args!r}]); print(rc, [m for m in ('torch', 'lightning') if m in sys.modules])")  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.stdout.strip() == "2 []", result.stdout + result.stderr[-2000:]
+        assert needle in result.stderr, (command, result.stderr)
 
 
 def test_a_later_config_or_class_replaces_what_the_fast_check_knows(
@@ -209,10 +246,11 @@ def test_a_later_config_or_class_replaces_what_the_fast_check_knows(
     monkeypatch.setattr("lit_search_rl.checks.check_model_source", lambda value, flag: None)
     override = tmp_path / "override.yaml"
     override.write_text("model:\n  init_args:\n    group_size: 8\n    micro_batch_size: 16\n")
-    precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", "--config", str(override)])
+    no_sets = ["--data.init_args.val_sets", "[]"]  # the demo's files need not exist here
+    precheck(["fit", "--config", RECYCLE, "--model.init_args.group_size", "1", "--config", str(override), *no_sets])
     other = tmp_path / "other.yaml"
     other.write_text("model:\n  class_path: my_package.MyModule\n  init_args:\n    group_size: 1\n")
-    precheck(["fit", "--config", RECYCLE, "--config", str(other)])  # not our class: its own checks apply
+    precheck(["fit", "--config", RECYCLE, "--config", str(other), *no_sets])  # not our class: its own checks apply
     with pytest.raises(ValueError, match="model.micro_batch_size"):
         precheck(["fit", "--config", RECYCLE, "--config", str(override), "--model.micro_batch_size", "3"])
 
@@ -246,7 +284,8 @@ def test_an_error_raised_while_a_class_is_built_is_shown_without_jsonargparse_la
 def test_an_unknown_reward_is_named_once_the_classes_are_resolved(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert main(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), "--model.reward", "nope"]) == 2
+    args = ["--model.init_args.model", str(tmp_path), "--model.reward", "nope", "--data.init_args.val_sets", "[]"]
+    assert main(["fit", "--config", RECYCLE, *args]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after Lightning's "Seed set to 0"
     assert line.startswith("lit-search-rl fit: error: model.reward: unknown reward 'nope'") and len(line) < 200
     assert "cover_em, em, f1" in line and "module:function" in line
@@ -255,4 +294,5 @@ def test_an_unknown_reward_is_named_once_the_classes_are_resolved(
 def test_the_fast_check_leaves_reward_names_to_the_resolved_classes(tmp_path: Path) -> None:
     # tests.distributed_helpers registers "coin" when a callback of it is imported: the fast check must not refuse it.
     reward = ["--model.init_args.reward", "registered-by-an-imported-module"]
-    precheck(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), *reward])
+    precheck(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), *reward,
+              "--data.init_args.val_sets", "[]"])  # fmt: skip

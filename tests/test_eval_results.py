@@ -1,8 +1,9 @@
-"""pass@k, per-question scoring, the per-dataset summary and the Markdown and CSV tables."""
+"""pass@k, per-question scoring, the per-dataset summary, the Markdown and CSV tables and the predictions file."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from itertools import combinations
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from lit_search_rl.data.qa import QARecord
-from lit_search_rl.evaluation.results import AVG, QuestionResult, pass_at_k, score_question, summarize, write_tables
+from lit_search_rl.evaluation.results import (
+    AVG,
+    QuestionResult,
+    pass_at_k,
+    score_question,
+    summarize,
+    write_predictions,
+    write_tables,
+)
 
 
 @pytest.mark.parametrize(
@@ -107,3 +116,22 @@ def test_tables_are_written_and_read_back(tmp_path: Path) -> None:
 
     write_tables(summarize([result("nq", 1.0)]), tmp_path / "out", stem="test")  # replaces, with fewer columns
     assert table.read_text().splitlines()[0] == "dataset,n,em,f1,pass@1,response_length,searches"
+
+
+def test_the_predictions_file_holds_one_line_per_question(tmp_path: Path) -> None:
+    record = QARecord("q7", "Where was Ann born?", ("Paris",))
+    greedy = score_question("chain", record, "paris", samples=["Rome", "Paris"], searches=2.0,
+                            queries=["Ann birthplace", "Paris country"], finish_reason="answered",
+                            trajectory="<think> x </think>")  # fmt: skip
+    silent = score_question("chain", QARecord("q8", "Who?", ("Bo",)), None, finish_reason="max_turns")
+    path = write_predictions([greedy, silent], tmp_path / "test-step0.predictions.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test-step0.predictions.jsonl"]  # no temporary left
+    first, second = [json.loads(line) for line in path.read_text().splitlines()]
+    assert first == {
+        "dataset": "chain", "id": "q7", "question": "Where was Ann born?", "golden_answers": ["Paris"],
+        "answer": "paris", "em": 1.0, "f1": 1.0, "searches": 2, "queries": ["Ann birthplace", "Paris country"],
+        "finish_reason": "answered", "samples": ["Rome", "Paris"], "sample_correct": 1,
+        "trajectory": "<think> x </think>",
+    }  # fmt: skip
+    assert second["answer"] is None and second["em"] == 0.0 and second["searches"] == 0
+    assert "samples" not in second and "trajectory" not in second  # only what the evaluation produced

@@ -264,11 +264,40 @@ def test_explicit_field_mapping(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_one_rule_for_answers_in_json_lines_and_parquet(tmp_path: Path, suffix: str) -> None:
-    rows = [{"question": "a?", "answer": " Paris "}, {"question": "b?", "answer": "Rome"}]
+@pytest.mark.parametrize("field", ["answer", "golden_answers"])
+def test_one_rule_for_answers_in_json_lines_and_parquet(tmp_path: Path, suffix: str, field: str) -> None:
+    rows = [{"question": "a?", field: " Paris "}, {"question": "b?", field: "Rome"}]
     path = tmp_path / f"same{suffix}"
     write_parquet(path, rows) if suffix == ".parquet" else write_lines(path, rows)
     assert [r.golden_answers for r in load_eval_set(EvalSet(path=str(path)))["same"]] == [("Paris",), ("Rome",)]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_lone_number_is_one_answer_in_every_format(tmp_path: Path, suffix: str) -> None:
+    rows = [{"question": "When?", "golden_answers": 1984}]
+    path = tmp_path / f"years{suffix}"
+    write_parquet(path, rows) if suffix == ".parquet" else write_lines(path, rows)
+    assert load_eval_set(EvalSet(path=str(path)))["years"][0].golden_answers == ("1984",)
+    row = search_r1_row("When?", None)
+    row["reward_model"] = {"ground_truth": {"target": 1984}, "style": "rule"}
+    assert load_eval_set(EvalSet(path=str(write_parquet(tmp_path / "t.parquet", [row]))))["nq"][0].golden_answers == (
+        "1984",
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b'{"question": "q?", "golden_answers": ["a"]}\n'])
+def test_a_file_that_is_not_parquet_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: not a readable parquet file \(.+\)$"):
+        load_eval_sets([EvalSet(path=str(path))])
+
+
+def test_a_truncated_json_line_keeps_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"question": "q?", "golden_answers": ["a"]}\n{"question": "r?", "golden_ans\n')
+    with pytest.raises(ValueError, match=r"cut.jsonl:2: not valid JSON \(Invalid control character at column 31\)"):
+        load_eval_sets([EvalSet(path=str(path))])
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,27 @@ def test_synthetic_test_sets_give_tables_and_metrics(tmp_path: Path, model_dir: 
     assert {"test/chain/em", "test/comparison/f1", "test/avg/em", "test/avg/pass@2"} <= set(logged)
 
 
+def test_test_writes_a_predictions_file_beside_the_tables(
+    tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sets = [f'{{"path": "{world_dir / "test" / f}.jsonl", "limit": 3}}' for f in ("chain", "comparison")]
+    with caplog.at_level(logging.INFO):
+        cli = run_test(tmp_path, model_dir, bm25_dir, sets, "--model.evaluation.n_samples", "2",
+                       "--model.evaluation.trajectories", "true")  # fmt: skip
+    [path] = list((tmp_path / "logs").rglob("test-step0.predictions.jsonl"))
+    assert path == cli.model.last_predictions and path.with_name("test-step0.md").is_file()
+    assert f"predictions: {path}" in caplog.text  # the end of `test` says where it is
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    questions = {row["id"]: row["question"] for row in map(json.loads, (world_dir / "test/chain.jsonl").open())}
+    assert [r["dataset"] for r in rows] == ["chain"] * 3 + ["comparison"] * 3
+    assert all(questions[r["id"]] == r["question"] for r in rows[:3])
+    for row, result in zip(rows, cli.model.last_results, strict=True):
+        assert (row["answer"], row["em"], row["queries"]) == (result.answer, result.em, result.queries)
+        assert row["searches"] == len(row["queries"]) and len(row["samples"]) == 2
+        assert row["finish_reason"] in ("answered", "max_turns", "length", "invalid")
+        assert row["trajectory"] and ("<information>" in row["trajectory"]) == bool(row["searches"])
+
+
 def test_the_llm_judge_grades_the_greedy_answers(tmp_path: Path, model_dir: Path, world_dir: Path,
                                                  bm25_dir: Path) -> None:  # fmt: skip
     server = ChatServer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,47 @@ def test_bad_corpus_line_is_named_and_leaves_no_index(tmp_path: Path, line: str,
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"id": "0", "contents": "A\\ntext"}\n{"id": "1", "contents": "B\\ntext"}\n' + line + "\n")
     with pytest.raises(ValueError, match=rf"corpus.jsonl:3: .*{message}"):
+        build_index(corpus, tmp_path / "index", "bm25", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+
+
+def test_a_truncated_corpus_line_keeps_the_position(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "0", "contents": "A\\ntext"}\n{"id": "1", "contents": "B\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: not valid JSON \(Invalid control character at column 27\)"):
+        build_index(corpus, tmp_path / "index", "bm25", progress=False)
+
+
+@pytest.mark.parametrize("text", ['{"0": {"title": "A", "text": "b"}}', '{\n  "0": {"title": "A", "text": "b"}\n}\n'])
+def test_a_corpus_that_is_one_json_object_is_named_with_the_layouts_accepted(tmp_path: Path, text: str) -> None:
+    corpus = tmp_path / "musique_corpus.json"
+    corpus.write_text(text)
+    with pytest.raises(
+        ValueError, match=r"musique_corpus.json is one JSON object; a corpus is JSON lines of .*JSON array"
+    ):
+        build_index(corpus, tmp_path / "index", "bm25", progress=False)
+
+
+def test_a_json_array_of_passages_is_a_corpus(tmp_path: Path) -> None:
+    # HippoRAG's *_corpus.json: a JSON array of {"idx", "title", "text"}; FlashRAG rows in an array work too.
+    passages = [
+        {"idx": 5, "title": "Ann Lee", "text": "Ann Lee was born in Paris."},
+        {"title": "Bo Kim", "text": "Bo Kim was born in Rome."},
+        {"id": "x", "contents": "Cy\nCy sings."},
+    ]
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps(passages, indent=1))
+    build_index(corpus, tmp_path / "index", "bm25", progress=False)
+    bo, cy = load_retriever(tmp_path / "index").search(["where was Bo Kim born", "who sings"], 1)
+    assert (bo[0].id, bo[0].title, bo[0].text) == ("1", "Bo Kim", "Bo Kim was born in Rome.")
+    assert (cy[0].id, cy[0].title) == ("x", "Cy")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "[]"])
+def test_an_empty_corpus_is_one_line_naming_the_file(tmp_path: Path, text: str) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(text)
+    with pytest.raises(ValueError, match=rf"^--corpus {re.escape(str(corpus))} has no passages"):
         build_index(corpus, tmp_path / "index", "bm25", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
 

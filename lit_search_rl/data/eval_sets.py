@@ -211,7 +211,7 @@ def _json_rows(path: Path) -> Iterator[dict]:
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno})") from None
+            raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno}, column {e.colno})") from None
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {number} is not an object")
@@ -233,9 +233,14 @@ def _hub_rows(eval_set: EvalSet) -> Iterator[dict]:
 
 def _parquet_sources(path: Path, eval_set: EvalSet) -> dict[str, list[tuple[int, QARecord]]]:
     """Records of a parquet file, one list per ``data_source`` (one list named after the set without it)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = pq.read_schema(path).names
+    try:
+        columns = pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as e:  # empty, truncated, or not parquet at all
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable parquet file ({detail})") from None
     wanted = [c for c in _PARQUET_COLUMNS if c in columns]
     named = (eval_set.group_by, eval_set.question_field, eval_set.answers_field, eval_set.id_field)
     for column in (field.split(".")[0] for field in named if field):

@@ -31,9 +31,10 @@ class QARecord:
 def answer_list(value: Any) -> list[str] | None:
     """Golden answers as stripped, non-empty strings; None when ``value`` is not a string or a list of strings.
 
-    A lone string is one answer. Numbers count as their text (some files store years as numbers).
+    A lone string is one answer. Numbers count as their text (some files store years as numbers), alone or
+    in a list. Every file format reads its answers through this one rule.
     """
-    if isinstance(value, str):
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list | tuple):
         return None

@@ -2,7 +2,7 @@
 
 ``QAEvaluation`` collects the results of one evaluation pass (``validate``, ``test``, or the
 validation every ``val_check_interval`` steps during fit) and at its end judges (optionally),
-summarises and writes the results tables. The rollouts themselves come from the module, which
+summarises and writes the results tables and the predictions file. The rollouts themselves come from the module, which
 owns the policy, the retriever and the agent loop.
 """
 
@@ -14,7 +14,13 @@ from pathlib import Path
 
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.evaluation.judge import JudgeConfig, LLMJudge
-from lit_search_rl.evaluation.results import QuestionResult, score_question, summarize, write_tables
+from lit_search_rl.evaluation.results import (
+    QuestionResult,
+    score_question,
+    summarize,
+    write_predictions,
+    write_tables,
+)
 from lit_search_rl.rollout.agent import Trajectory
 
 # Metrics that become ``<stage>/<dataset>/<metric>`` scalars; the tables carry all columns.
@@ -37,6 +43,12 @@ class EvalConfig:
     """An LLM judge (OpenAI-compatible chat endpoint) for the greedy answers; unset for none."""
     tables: bool = True
     """Write ``<stage>-step<N>.md`` and ``.csv`` results tables into the log folder."""
+    predictions: bool = True
+    """Write ``<stage>-step<N>.predictions.jsonl`` beside the tables: per question the answer, EM, F1, searches,
+    queries and finish reason (and the sampled answers with pass@k)."""
+    trajectories: bool = False
+    """Also keep each question's greedy trajectory text (the model's turns and the information blocks) in the
+    predictions file."""
 
     def validate(self) -> None:
         if self.n_samples < 0:
@@ -61,11 +73,13 @@ class QAEvaluation:
 
     def add(
         self, dataset: str, records: Sequence[QARecord], greedy: Sequence[Trajectory],
-        samples: Sequence[Sequence[Trajectory]] | None = None,
+        samples: Sequence[Sequence[Trajectory]] | None = None, texts: Sequence[str] | None = None,
     ) -> None:  # fmt: skip
-        """Score one batch: the greedy trajectory and the sampled ones (if any) of each question."""
+        """Score one batch: the greedy trajectory and the sampled ones (if any) of each question, and the greedy
+        trajectories' whole texts (``texts``) when the predictions keep them."""
         samples = samples or [[] for _ in records]
-        for record, first, sampled in zip(records, greedy, samples, strict=True):
+        texts = texts if texts is not None else [None] * len(records)
+        for record, first, sampled, text in zip(records, greedy, samples, texts, strict=True):
             every = [first, *sampled]
             self.results.append(
                 score_question(
@@ -75,6 +89,9 @@ class QAEvaluation:
                     [t.answer for t in sampled],
                     response_length=sum(sum(t.loss_mask) for t in every) / len(every),
                     searches=sum(t.num_searches for t in every) / len(every),
+                    queries=first.queries,
+                    finish_reason=first.finish_reason,
+                    trajectory=text,
                 )  # fmt: skip
             )
 
@@ -93,9 +110,12 @@ class QAEvaluation:
                 result.judge = verdict
         return summarize(self.results, self.config.ks)
 
-    def write(self, summary: dict[str, dict[str, float]], folder: Path, stem: str) -> tuple[Path, Path]:
-        """The Markdown and CSV tables of ``summary`` in ``folder``."""
-        return write_tables(summary, folder, stem)
+    def write(self, summary: dict[str, dict[str, float]], folder: Path, stem: str) -> list[Path]:
+        """The Markdown and CSV tables of ``summary`` and the predictions file, as configured, in ``folder``."""
+        written = list(write_tables(summary, folder, stem)) if self.config.tables else []
+        if self.config.predictions:
+            written.append(write_predictions(self.results, Path(folder) / f"{stem}.predictions.jsonl"))
+        return written
 
 
 def scalars(stage: str, summary: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Per-question evaluation results, pass@k, the per-dataset summary and its Markdown and CSV tables.
+"""Per-question evaluation results, pass@k, the per-dataset summary, its Markdown and CSV tables, and the
+predictions file (one JSON line per question).
 
 Scores are fractions in [0, 1] everywhere but in the Markdown table, which prints them as
 percentages (as papers do). ``pass@1`` is the exact match of the greedy answer; ``pass@k`` for
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.io import atomic_write_text
@@ -52,6 +55,13 @@ class QuestionResult:
     """Mean searches of the question's rollouts."""
     judge: bool | None = None
     """The LLM judge's verdict on the greedy answer; None when not judged."""
+    queries: list[str] = field(default_factory=list)
+    """The queries of the greedy rollout, in order."""
+    finish_reason: str | None = None
+    """How the greedy rollout ended: ``answered``, ``max_turns``, ``length`` or ``invalid``."""
+    trajectory: str | None = None
+    """The greedy rollout's whole text after the prompt (the model's turns and the information blocks), when
+    asked for."""
 
 
 def score_question(
@@ -62,6 +72,9 @@ def score_question(
     response_length: float = 0.0,
     searches: float = 0.0,
     judge: bool | None = None,
+    queries: Sequence[str] = (),
+    finish_reason: str | None = None,
+    trajectory: str | None = None,
 ) -> QuestionResult:
     """The result of one question, with EM and F1 of ``answer`` and the exact matches among ``samples``."""
     golden = tuple(record.golden_answers)
@@ -78,6 +91,9 @@ def score_question(
         response_length=response_length,
         searches=searches,
         judge=judge,
+        queries=list(queries),
+        finish_reason=finish_reason,
+        trajectory=trajectory,
     )
 
 
@@ -176,6 +192,33 @@ def write_tables(summary: dict[str, dict[str, float]], folder: Path, stem: str =
     markdown = atomic_write_text(folder / f"{stem}.md", "\n".join(lines) + "\n")
     table = atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())
     return markdown, table
+
+
+def prediction_row(result: QuestionResult) -> dict[str, Any]:
+    """One line of the predictions file: what the agent answered on one question, and how it got there.
+
+    The greedy rollout's answer, scores, searches, queries and finish reason; the sampled answers when the
+    evaluation sampled (pass@k); its whole text when the evaluation kept it.
+    """
+    row: dict[str, Any] = {
+        "dataset": result.dataset, "id": result.id, "question": result.question,
+        "golden_answers": list(result.golden_answers), "answer": result.answer, "em": result.em, "f1": result.f1,
+        "searches": len(result.queries), "queries": result.queries, "finish_reason": result.finish_reason,
+    }  # fmt: skip
+    if result.judge is not None:
+        row["judge"] = result.judge
+    if result.samples:
+        row["samples"] = result.samples
+        row["sample_correct"] = result.sample_correct
+    if result.trajectory is not None:
+        row["trajectory"] = result.trajectory
+    return row
+
+
+def write_predictions(results: Iterable[QuestionResult], path: Path) -> Path:
+    """Write one JSON line per question (``prediction_row``) to ``path``, atomically."""
+    lines = (json.dumps(prediction_row(result), ensure_ascii=False) + "\n" for result in results)
+    return atomic_write_text(path, "".join(lines))
 
 
 def _markdown_cell(key: str, value: float | None) -> str:

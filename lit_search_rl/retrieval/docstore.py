@@ -17,35 +17,103 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lit_search_rl.io import json_error
+
 DOCS_FILE, OFFSETS_FILE = "docs.jsonl", "offsets.npy"
 
 
-def read_corpus(path: Path, progress: bool = True) -> Iterator[dict[str, Any]]:
-    """Stream the rows of a corpus in JSON lines (``{"id", "contents", ...}``), validating each.
+CORPUS_LAYOUTS = (
+    'JSON lines of {"id", "contents": "Title\\ntext"} (FlashRAG, Search-R1), or a JSON array of such rows or of '
+    '{"title", "text"} passages (HippoRAG)'
+)
+"""The corpus files ``read_corpus`` accepts, as its errors name them."""
 
-    A row without ``id`` gets its 0-based row number as id. Raises ``ValueError`` naming the
-    file and line of invalid JSON, a non-object, or a missing or non-string ``contents``.
+
+def read_corpus(path: Path, progress: bool = True) -> Iterator[dict[str, Any]]:
+    """Stream the rows of a corpus (``CORPUS_LAYOUTS``) as ``{"id", "contents", ...}``, validating each.
+
+    A passage with ``title`` and ``text`` but no ``contents`` gets ``contents = "title\\ntext"``; a row without
+    ``id`` takes its ``idx`` or else its 0-based row number. Raises ``ValueError`` naming the file and line (or
+    passage) of invalid JSON, a row that is not a passage, a file that is one JSON object, or a corpus
+    without passages.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--corpus {path} does not exist")
+    if _first_character(path) == "[":
+        yield from _array_rows(path)
+        return
     size = path.stat().st_size
+    count = 0
     with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="corpus", disable=not progress) as bar:
-        number = 0
         for number, line in enumerate(f, start=1):
             bar.update(len(line))
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({getattr(e, 'msg', e)})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: a corpus row must be a JSON object")
-            if not isinstance(row.get("contents"), str):
-                raise ValueError(f"{path}:{number}: the row has no string field 'contents'")
-            row["id"] = str(row.get("id", number - 1))
-            yield row
+            except json.JSONDecodeError as e:
+                _refuse_one_object(path, count)
+                raise ValueError(f"{path}:{number}: not valid JSON ({json_error(e)})") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            if count == 0 and isinstance(row, dict) and _contents(row) is None:
+                _refuse_one_object(path, count)
+            yield _passage(row, f"{path}:{number}", number - 1)
+            count += 1
+    if count == 0:
+        raise ValueError(f"--corpus {path} has no passages; a corpus is {CORPUS_LAYOUTS}")
+
+
+def _first_character(path: Path) -> str:
+    with path.open("rb") as f:
+        while chunk := f.read(4096):
+            if chunk.strip():
+                return chr(chunk.lstrip()[0])
+    return ""
+
+
+def _array_rows(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a valid JSON array ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not rows:
+        raise ValueError(f"--corpus {path} has no passages (an empty JSON array)")
+    for number, row in enumerate(rows, start=1):
+        yield _passage(row, f"{path}: passage {number}", number - 1)
+
+
+def _refuse_one_object(path: Path, rows_read: int) -> None:
+    """Raise when the whole file is one JSON object (a dict of passages, say): no layout this reader accepts."""
+    if rows_read or path.stat().st_size > 1 << 30:  # past the first row, or too large to parse here
+        return
+    try:
+        whole = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    if isinstance(whole, dict):
+        raise ValueError(f"--corpus {path} is one JSON object; a corpus is {CORPUS_LAYOUTS}")
+
+
+def _contents(row: dict[str, Any]) -> str | None:
+    if isinstance(row.get("contents"), str):
+        return row["contents"]
+    if isinstance(row.get("text"), str):
+        title = row.get("title")
+        return f"{title}\n{row['text']}" if isinstance(title, str) and title else row["text"]
+    return None
+
+
+def _passage(row: Any, where: str, number: int) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a corpus row must be a JSON object")
+    contents = _contents(row)
+    if contents is None:
+        raise ValueError(f"{where}: the row has no string field 'contents' (nor 'text')")
+    row["contents"] = contents
+    row["id"] = str(row.get("id", row.get("idx", number)))
+    return row
 
 
 class DocStoreWriter:

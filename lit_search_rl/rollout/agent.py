@@ -65,6 +65,7 @@ class Trajectory:
         text: the model's own text only (its generated turns, decoded).
         answer: the answer extracted from ``text`` (never from the prompt or information), or None.
         num_searches: queries sent to the retriever.
+        queries: the queries sent to the retriever, in order.
         num_turns: model turns taken.
         finish_reason: ``answered``, ``max_turns``, ``length`` or ``invalid``.
         dropped_queries: queries cut by ``max_parallel_queries``.
@@ -78,6 +79,7 @@ class Trajectory:
     text: str = ""
     answer: str | None = None
     num_searches: int = 0
+    queries: list[str] = field(default_factory=list)
     num_turns: int = 0
     finish_reason: FinishReason | None = None
     dropped_queries: int = 0
@@ -209,6 +211,7 @@ class AgentLoop:
             docs = results[position : position + len(queries)]
             position += len(queries)
             t.num_searches += len(queries)
+            t.queries += queries
             text = self.protocol.observation(docs, c.max_doc_chars)
             # verbose=False: passages may encode past the model's length, which is cut here before the model
             # sees it; transformers' warning about it would only be noise.

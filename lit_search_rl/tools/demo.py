@@ -82,6 +82,8 @@ class Evaluation:
     summary: dict[str, dict[str, float]]
     em: dict[str, dict[str, float]]
     """Per family (and ``avg`` over all), exact match keyed by question id."""
+    predictions: Path | None
+    """The predictions file of the run: what the agent answered on each question, and its trajectory."""
 
 
 def _test(out: Path, policy: Path, name: str, seed: int, retriever: str | None = None) -> Evaluation:
@@ -92,6 +94,7 @@ def _test(out: Path, policy: Path, name: str, seed: int, retriever: str | None =
         "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--trainer.logger.init_args.name=test-{name}",
         f"--model.init_args.model={policy}", f"--model.init_args.retriever={retriever or out / 'index'}",
+        "--model.init_args.evaluation={\"trajectories\": true}",
         f"--data.init_args.train={out / 'world' / 'train.jsonl'}", "--data.init_args.val_sets=[]",
         "--data.init_args.test_sets=[" + ", ".join(_eval_sets(out / "world", "test")) + "]",
     ])  # fmt: skip
@@ -99,7 +102,7 @@ def _test(out: Path, policy: Path, name: str, seed: int, retriever: str | None =
     for result in cli.model.last_results:
         em.setdefault(result.dataset, {})[result.id] = result.em
         em["avg"][f"{result.dataset}/{result.id}"] = result.em
-    return Evaluation(cli.model.last_evaluation, em)
+    return Evaluation(cli.model.last_evaluation, em, cli.model.last_predictions)
 
 
 def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
@@ -167,6 +170,7 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     return {
         "seed": seed, "before": before.summary, "after": after.summary, "gains": gains, "no_search": control,
         "validation_curve": str(log_dir / "validation.png"), "times": times,
+        "predictions": {"sft": str(before.predictions), "grpo": str(after.predictions)},
         "recycling": {k: metrics.get(k) for k in ("train/recycled_fraction", "train/signal_fraction", "pool/consumed")},
         "log_dir": str(log_dir), "global_step": grpo.trainer.global_step,
     }  # fmt: skip
@@ -196,6 +200,8 @@ def print_summary(result: dict, out: Path) -> None:
     print(f"  validation EM during GRPO: {result['validation_curve']}")
     print(f"  recycling plot: {Path(result['log_dir']) / 'recycling.png'}")
     print(f"  results tables: {out / 'logs'}/test-*/version_*/test-step0.md")
+    print(f"  what the agent answered, question by question (with its searches and trajectory):\n"
+          f"    SFT  {result['predictions']['sft']}\n    GRPO {result['predictions']['grpo']}")  # fmt: skip
 
 
 def demo(argv: Sequence[str]) -> None:
