@@ -13,6 +13,7 @@ Each option is one lever of the recipe; the JSON holds the curve and the setting
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from lit_search_rl.data import sft as sft_data
 from lit_search_rl.data.sft import ExpertSet, LengthGroupedBatches, expert_examples, fresh_world_seed
+from lit_search_rl.data.synthetic.names import NameFactory
+from lit_search_rl.data.synthetic.questions import Step
 from lit_search_rl.data.synthetic.schema import RELATIONS
 from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, write_world
 from lit_search_rl.models.tiny import TinyModelConfig, build_model, train_tokenizer, world_texts
@@ -95,6 +98,20 @@ def parse() -> argparse.Namespace:
     p.add_argument("--info_weight", type=float, default=0.0, help="LM loss weight on the information blocks.")
     p.add_argument("--fresh_size", type=int, default=500, help="Trajectories per fresh world.")
     p.add_argument("--max_hops", type=int, default=3)
+    p.add_argument(
+        "--names",
+        type=int,
+        default=0,
+        help="Draw every world's name words from one fixed inventory of this many words, each made a single "
+        "token of the tokenizer (0: fresh syllable words per world, split by BPE).",
+    )
+    p.add_argument(
+        "--verbatim_think",
+        action="store_true",
+        help="With --fact_sentences: the expert's thought after a search restates the fact's sentence word for "
+        "word (its subject named) instead of the relation's fixed statement.",
+    )
+    p.add_argument("--save", type=Path, default=None, help="Save the trained model and tokenizer here.")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args()
 
@@ -105,12 +122,60 @@ def fact_documents(contents: dict[str, str]):
     def documents_for(searches):
         documents = []
         for search in searches:
-            title, text = split_contents(contents[search.doc_ids[0]])
-            sentence = next(x for x in re.split(r"(?<=\.) ", text) if search.learns in x)
-            documents.append(Document(search.doc_ids[0], title, sentence))
+            title, _ = split_contents(contents[search.doc_ids[0]])
+            documents.append(Document(search.doc_ids[0], title, fact_sentence(contents, search)))
         return documents
 
     return documents_for
+
+
+def subject_named(sentence: str, subject: str) -> str:
+    """``sentence`` with a leading reference such as "The film" replaced by the subject's name."""
+    return re.sub(r"^The (city|country|company|film|band) (?!of )", subject + " ", sentence)
+
+
+def fact_sentence(contents: dict[str, str], search) -> str:
+    """The sentence of the search's first gold passage that states what it learns, its subject named."""
+    title, text = split_contents(contents[search.doc_ids[0]])
+    stating = [s for x in re.split(r"(?<=\.) ", text) if search.learns in (s := subject_named(x, title))]
+    # A lookup by description learns a name from the sentence that also names what it was asked about.
+    return next((x for x in stating if search.about in x), stating[0])
+
+
+def verbatim(expert: ExpertSet) -> ExpertSet:
+    """The expert's thoughts with each learnt fact restated as the sentence that states it."""
+    contents = {row["id"]: row["contents"] for row in expert.corpus}
+    questions = []
+    for question, steps in expert.questions:
+        steps = [Step(s.think, list(s.searches), s.answer) for s in steps]
+        for before, after in zip(steps, steps[1:], strict=False):
+            for search in before.searches:
+                parts = re.split(r"(?<=\.) ", after.think)
+                for i, part in enumerate(parts):
+                    if search.learns in part and search.about in part and not part.startswith("Now I need"):
+                        parts[i] = fact_sentence(contents, search)
+                        break
+                after.think = " ".join(parts)
+        questions.append((question, steps))
+    return ExpertSet(questions, expert.corpus, expert.names)
+
+
+def inventory_words(size: int) -> list[str]:
+    """A fixed inventory of name words, the same in every world."""
+    factory = NameFactory(random.Random("name-inventory"))
+    return [factory.word() for _ in range(size)]
+
+
+def use_inventory(words: list[str]) -> None:
+    """Make every NameFactory draw its words from ``words`` (distinct within one factory)."""
+
+    def word(self, min_syllables: int = 2, max_syllables: int = 3) -> str:
+        if not hasattr(self, "_left"):
+            self._left = list(words)
+            self._rng.shuffle(self._left)
+        return self._left.pop()
+
+    NameFactory.word = word
 
 
 def passage_rows(tokenizer, world, length: int, drills: bool = False) -> list[dict]:
@@ -167,10 +232,12 @@ def tag_context(ids: torch.Tensor, tag_ids: dict[str, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(policy, batches: list[dict], tag_ids: dict[str, int] | None = None) -> dict[str, float]:
+def evaluate(
+    policy, batches: list[dict], tag_ids: dict[str, int] | None = None, spaced: torch.Tensor | None = None
+) -> dict[str, float]:
     policy.eval()
     totals, nll_sum, n_tok = [0, 0, 0, 0], 0.0, 0
-    by_block = {name: [0, 0] for name in ("think", "search", "answer")}
+    by_block = {name: [0, 0] for name in ("think", "search", "answer", "first", "rest")}
     for batch in batches:
         logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if tag_ids is not None:
@@ -179,6 +246,12 @@ def evaluate(policy, batches: list[dict], tag_ids: dict[str, int] | None = None)
             copies = batch["copy_mask"][:, 1:].bool()
             for code, name in ((1, "think"), (2, "search"), (3, "answer")):
                 where = copies & (context == code)
+                by_block[name][0] += int((right & where).sum())
+                by_block[name][1] += int(where.sum())
+            # First token of each copied word (after a space or a non-copy token) against its continuations.
+            ids = batch["input_ids"][:, 1:]
+            starts = copies & (~batch["copy_mask"][:, :-1].bool() | torch.isin(ids, spaced))
+            for where, name in ((starts, "first"), (copies & ~starts, "rest")):
                 by_block[name][0] += int((right & where).sum())
                 by_block[name][1] += int(where.sum())
         counts = copy_counts(logits, batch["input_ids"], batch["copy_mask"])
@@ -196,12 +269,22 @@ def main() -> None:
     args = parse()
     if args.fact_sentences:
         sft_data.gold_documents = fact_documents  # expert_examples renders top_k 0 through this name
+    words = inventory_words(args.names) if args.names else []
+    if words:
+        use_inventory(words)
+    expert_set = verbatim if args.verbatim_think else (lambda expert: expert)
     torch.manual_seed(args.seed)
     test_config = WorldConfig(seed=args.seed, max_hops=args.max_hops, num_sft=300, num_train=900, num_val=20,
                               num_test=100)  # fmt: skip
     folder = Path(tempfile.mkdtemp()) / "world"
     write_world(generate_world(test_config), folder)
-    tokenizer = train_tokenizer(world_texts(folder), args.vocab)
+    texts = world_texts(folder)
+    if words:  # each inventory word often enough, after a space, that BPE merges it into one token
+        texts = itertools.chain(texts, (" ".join(words),) * 50)
+    tokenizer = train_tokenizer(texts, args.vocab)
+    if words:
+        whole = sum(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+        print(json.dumps({"inventory_words_as_one_token": whole / len(words)}), flush=True)
     shape = TinyModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                             num_heads=args.heads, num_kv_heads=args.kv_heads,
                             intermediate_size=args.intermediate or 3 * args.hidden, seed=args.seed)  # fmt: skip
@@ -211,11 +294,12 @@ def main() -> None:
         policy.config.initializer_range = args.init_std
         policy.init_weights()
     policy.train()
-    held_out, _ = expert_examples(tokenizer, ExpertSet.from_folder(folder), args.eval_top_k, 3, 1024)
+    held_out, _ = expert_examples(tokenizer, expert_set(ExpertSet.from_folder(folder)), args.eval_top_k, 3, 1024)
     random.Random(args.seed).shuffle(held_out)
     val = [pad_batch(held_out[i : i + 16], tokenizer.pad_token_id) for i in range(0, 64, 16)]
 
     tag_ids = {tag: tokenizer.convert_tokens_to_ids(tag) for tag in TAGS}
+    spaced = torch.tensor([i for t, i in tokenizer.get_vocab().items() if t.startswith("\u0120")])
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     curve, trained, steps, tokens, epoch = [], 0.0, 0, 0, 0
     # The cosine decay needs a step count; estimate it from the first epoch's pace, then keep it fixed.
@@ -229,7 +313,7 @@ def main() -> None:
         progress = min(1.0, (step - args.warmup) / max(1, total_steps - args.warmup))
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    curve.append({"seconds": 0.0, "steps": 0, "tokens": 0, **evaluate(policy, val, tag_ids)})
+    curve.append({"seconds": 0.0, "steps": 0, "tokens": 0, **evaluate(policy, val, tag_ids, spaced)})
     ordinary = torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids) - set(tag_ids.values())))
     generator = torch.Generator().manual_seed(args.seed)
     n = args.induction_length
@@ -272,7 +356,7 @@ def main() -> None:
         drill_accuracy = float((logits.argmax(-1) == ids).float().mean())
         trained += time.perf_counter() - started
         curve.append({"seconds": round(trained, 1), "steps": steps, "tokens": tokens, "drill_accuracy": drill_accuracy,
-                      **evaluate(policy, val, tag_ids)})  # fmt: skip
+                      **evaluate(policy, val, tag_ids, spaced)})  # fmt: skip
         print(json.dumps(curve[-1]), flush=True)
     next_eval = args.eval_every
     done = False
@@ -286,7 +370,7 @@ def main() -> None:
         if trained < args.pretrain_share * args.seconds:
             examples = passage_rows(tokenizer, world, args.pretrain_length, args.drills)
         else:
-            examples, _ = expert_examples(tokenizer, ExpertSet.from_world(world), top_k, 3, 1024)
+            examples, _ = expert_examples(tokenizer, expert_set(ExpertSet.from_world(world)), top_k, 3, 1024)
         trained += time.perf_counter() - started
         order = LengthGroupedBatches([len(e["input_ids"]) for e in examples], args.batch, f"{args.seed}-{epoch}")
         for indices in order:
@@ -308,7 +392,7 @@ def main() -> None:
                 total_steps = int(steps * args.seconds / trained)
             if trained >= next_eval or trained >= args.seconds:
                 point = {"seconds": round(trained, 1), "steps": steps, "tokens": tokens, "loss": float(loss.detach()),
-                         **evaluate(policy, val, tag_ids)}  # fmt: skip
+                         **evaluate(policy, val, tag_ids, spaced)}  # fmt: skip
                 curve.append(point)
                 print(json.dumps(point), flush=True)
                 next_eval += args.eval_every
@@ -316,6 +400,9 @@ def main() -> None:
                 done = True
                 break
         epoch += 1
+    if args.save:
+        policy.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params = sum(p.numel() for p in policy.parameters())

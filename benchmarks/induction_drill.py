@@ -1,0 +1,109 @@
+"""How many steps does the tiny Qwen3 need to learn to copy by content (an induction head), from scratch?
+
+Each row of a batch is random tokens in which short spans of the first half reappear at random places in the
+second half; the loss is taken only on the tokens of a repeat after its first, which a model predicts only
+by finding the earlier occurrence of the token before and copying what followed it. Random offsets rule out
+the positional shortcut a fixed-offset repeat allows (``--max_gap`` puts each repeat right after its source,
+at most that many tokens later, to measure the shortcut). The model is the project's tiny Qwen3 (RoPE,
+QK-norm, tied embeddings); one run per process, printing accuracy on the repeated tokens against steps.
+
+    .venv/bin/python benchmarks/induction_drill.py --steps 3000 --length 64 --spans 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--vocab", type=int, default=1024, help="Token ids drawn (as the warm-start benchmark's tokenizer).")
+    p.add_argument("--length", type=int, default=256, help="Tokens per row.")
+    p.add_argument("--span", type=int, default=6, help="Tokens per repeated span.")
+    p.add_argument("--spans", type=int, default=8, help="Repeated spans per row.")
+    p.add_argument("--max_gap", type=int, default=-1, help="Repeat each span 0..max_gap tokens after it (-1: random).")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rope_theta", type=float, default=1e6, help="Qwen3's default.")
+    p.add_argument("--init_std", type=float, default=0.02)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps the default.")
+    p.add_argument("--every", type=int, default=25, help="Steps between printed points.")
+    return p.parse_args()
+
+
+def far_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids whose first-half spans reappear at random places of the second half, and the (B, L) mask of the
+    tokens an induction head predicts (each repeat but its first token)."""
+    ids = torch.randint(3, args.vocab, (args.batch, args.length), generator=generator)
+    mask = torch.zeros(args.batch, args.length, dtype=torch.bool)
+    half = args.length // 2
+    for row in range(args.batch):
+        for _ in range(args.spans):
+            source = int(torch.randint(0, half - args.span, (1,), generator=generator))
+            target = int(torch.randint(half, args.length - args.span, (1,), generator=generator))
+            ids[row, target : target + args.span] = ids[row, source : source + args.span]
+            mask[row, target + 1 : target + args.span] = True
+    return ids, mask
+
+
+def near_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (span, 0..max_gap random tokens, the span again): solvable by position alone, nearly."""
+    rows, masks = [], []
+    for _ in range(args.batch):
+        ids: list[int] = []
+        mask: list[bool] = []
+        while len(ids) < args.length:
+            span = torch.randint(3, args.vocab, (args.span,), generator=generator).tolist()
+            gap_length = int(torch.randint(0, args.max_gap + 1, (1,), generator=generator))
+            gap = torch.randint(3, args.vocab, (gap_length,), generator=generator).tolist()
+            ids += span + gap + span
+            mask += [False] * (args.span + gap_length + 1) + [True] * (args.span - 1)
+        rows.append(ids[: args.length])
+        masks.append(mask[: args.length])
+    return torch.tensor(rows), torch.tensor(masks)
+
+
+def main() -> None:
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.heads, head_dim=64, tie_word_embeddings=True,
+                         rope_theta=args.rope_theta, initializer_range=args.init_std)  # fmt: skip
+    model = Qwen3ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(1)
+    make = near_batch if args.max_gap >= 0 else far_batch
+    start = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 20)
+        ids, mask = make(args, generator)
+        logits = model(input_ids=ids).logits[:, :-1]
+        where = mask[:, 1:]
+        loss = F.cross_entropy(logits[where], ids[:, 1:][where])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % args.every == 0:
+            accuracy = float((logits[where].argmax(-1) == ids[:, 1:][where]).float().mean())
+            point = {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
+                     "accuracy": round(accuracy, 3)}  # fmt: skip
+            print(json.dumps(point), flush=True)
+
+
+if __name__ == "__main__":
+    main()
