@@ -30,6 +30,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--span", type=int, default=6, help="Tokens per repeated span.")
     p.add_argument("--spans", type=int, default=8, help="Repeated spans per row.")
     p.add_argument("--max_gap", type=int, default=-1, help="Repeat each span 0..max_gap tokens after it (-1: random).")
+    p.add_argument("--gap", type=int, default=4, help="max_gap of the near repeats of --near_steps and --near_share.")
+    p.add_argument("--near_steps", type=int, default=0, help="Steps of near repeats before the random-offset rows.")
+    p.add_argument("--near_share", type=float, default=0.0, help="Share of each batch's rows that are near repeats.")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
@@ -85,12 +88,20 @@ def main() -> None:
     model = Qwen3ForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(1)
-    make = near_batch if args.max_gap >= 0 else far_batch
+    near = argparse.Namespace(**{**vars(args), "max_gap": args.gap})
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, step / 20)
-        ids, mask = make(args, generator)
+        if args.max_gap >= 0 or step <= args.near_steps:
+            ids, mask = near_batch(near if args.max_gap < 0 else args, generator)
+        else:
+            ids, mask = far_batch(args, generator)
+        far_rows = torch.ones(args.batch, 1, dtype=torch.bool)  # the rows accuracy is read on
+        if args.max_gap < 0 and step > args.near_steps and args.near_share > 0:  # the last rows: near repeats
+            rows = round(args.near_share * args.batch)
+            near_ids, near_mask = near_batch(near, generator)
+            ids[-rows:], mask[-rows:], far_rows[-rows:] = near_ids[:rows], near_mask[:rows], False
         logits = model(input_ids=ids).logits[:, :-1]
         where = mask[:, 1:]
         loss = F.cross_entropy(logits[where], ids[:, 1:][where])
@@ -99,7 +110,8 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % args.every == 0:
-            accuracy = float((logits[where].argmax(-1) == ids[:, 1:][where]).float().mean())
+            read = where & far_rows
+            accuracy = float((logits[read].argmax(-1) == ids[:, 1:][read]).float().mean())
             point = {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
                      "accuracy": round(accuracy, 3)}  # fmt: skip
             print(json.dumps(point), flush=True)

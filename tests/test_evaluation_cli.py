@@ -15,9 +15,12 @@ from tests.test_judge import ChatServer
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def run_test(tmp_path: Path, model_dir: Path, retriever: Path, sets: list[str], *extra: str) -> SearchRLCLI:
+def run_test(
+    tmp_path: Path, model_dir: Path, retriever: Path, sets: list[str], *extra: str, subcommand: str = "test"
+) -> SearchRLCLI:
+    split = "test_sets" if subcommand == "test" else "val_sets"
     args = [
-        "test",
+        subcommand,
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
         "--trainer.logger.save_dir", str(tmp_path / "logs"),
@@ -25,7 +28,7 @@ def run_test(tmp_path: Path, model_dir: Path, retriever: Path, sets: list[str], 
         "--model.model", str(model_dir), "--model.retriever", str(retriever),
         "--model.rollout.max_turns", "2", "--model.rollout.max_new_tokens_per_turn", "8",
         "--data", "lit_search_rl.data.eval_data.EvalDataModule", "--data.eval_batch_size", "64",
-        *(f"--data.test_sets+={s}" for s in sets),
+        *(f"--data.{split}+={s}" for s in sets),
         *extra,
     ]  # fmt: skip
     return SearchRLCLI(args=args)
@@ -52,15 +55,18 @@ def test_synthetic_test_sets_give_tables_and_metrics(tmp_path: Path, model_dir: 
     assert {"test/chain/em", "test/comparison/f1", "test/avg/em", "test/avg/pass@2"} <= set(logged)
 
 
-def test_test_writes_a_predictions_file_beside_the_tables(
-    tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize("subcommand", ["test", "validate"])
+def test_evaluations_write_a_predictions_file_beside_the_tables(
+    tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, caplog: pytest.LogCaptureFixture,
+    subcommand: str,
+) -> None:  # fmt: skip
     sets = [f'{{"path": "{world_dir / "test" / f}.jsonl", "limit": 3}}' for f in ("chain", "comparison")]
     with caplog.at_level(logging.INFO):
         cli = run_test(tmp_path, model_dir, bm25_dir, sets, "--model.evaluation.n_samples", "2",
-                       "--model.evaluation.trajectories", "true")  # fmt: skip
-    [path] = list((tmp_path / "logs").rglob("test-step0.predictions.jsonl"))
-    assert path == cli.model.last_predictions and path.with_name("test-step0.md").is_file()
+                       "--model.evaluation.trajectories", "true", subcommand=subcommand)  # fmt: skip
+    stage = "test" if subcommand == "test" else "val"
+    [path] = list((tmp_path / "logs").rglob(f"{stage}-step0.predictions.jsonl"))
+    assert path == cli.model.last_predictions and path.with_name(f"{stage}-step0.md").is_file()
     assert f"predictions: {path}" in caplog.text  # the end of `test` says where it is
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     questions = {row["id"]: row["question"] for row in map(json.loads, (world_dir / "test/chain.jsonl").open())}
