@@ -33,6 +33,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--gap", type=int, default=4, help="max_gap of the near repeats of --near_steps and --near_share.")
     p.add_argument("--near_steps", type=int, default=0, help="Steps of near repeats before the random-offset rows.")
     p.add_argument("--near_share", type=float, default=0.0, help="Share of each batch's rows that are near repeats.")
+    p.add_argument("--pairs_share", type=float, default=0.0,
+                   help="Share of each batch's rows made of alternating pairs (a b a b ...), which a previous-token "
+                   "head solves by itself.")  # fmt: skip
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
@@ -76,6 +79,24 @@ def near_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[to
     return torch.tensor(rows), torch.tensor(masks)
 
 
+def pairs_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of segments (a b a b ..., 4-16 tokens, a new pair each). Each token after a segment's first two
+    repeats the token two back: predicting it takes the previous token's identity at the current position,
+    which is what a previous-token head (the first half of an induction circuit) provides."""
+    rows, masks = [], []
+    for _ in range(args.batch):
+        ids: list[int] = []
+        mask: list[bool] = []
+        while len(ids) < args.length:
+            a, b = torch.randint(3, args.vocab, (2,), generator=generator).tolist()
+            n = int(torch.randint(4, 17, (1,), generator=generator))
+            ids += [a, b] * (n // 2)
+            mask += [False, False] + [True] * (2 * (n // 2) - 2)
+        rows.append(ids[: args.length])
+        masks.append(mask[: args.length])
+    return torch.tensor(rows), torch.tensor(masks)
+
+
 def main() -> None:
     args = parse()
     if args.threads:
@@ -98,6 +119,10 @@ def main() -> None:
         else:
             ids, mask = far_batch(args, generator)
         far_rows = torch.ones(args.batch, 1, dtype=torch.bool)  # the rows accuracy is read on
+        if args.max_gap < 0 and step > args.near_steps and args.pairs_share > 0:  # the first rows: pairs
+            rows = round(args.pairs_share * args.batch)
+            pair_ids, pair_mask = pairs_batch(args, generator)
+            ids[:rows], mask[:rows], far_rows[:rows] = pair_ids[:rows], pair_mask[:rows], False
         if args.max_gap < 0 and step > args.near_steps and args.near_share > 0:  # the last rows: near repeats
             rows = round(args.near_share * args.batch)
             near_ids, near_mask = near_batch(near, generator)

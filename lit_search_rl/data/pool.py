@@ -253,6 +253,10 @@ class QueryPool:
             "counters": dict(self.counters),
             "rng": self.rng.bit_generator.state,
             "exhaustion": self.exhaustion,
+            # The running sums as they are, rounding included: rebuilt from the weights they can differ in the
+            # last bits, which moves a pick that lands on a boundary (weights far below the rest make it likely).
+            "tree": self._tree.tree.copy(),
+            "tree_total": self._tree.total,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,6 +271,9 @@ class QueryPool:
         self.rng.bit_generator.state = state["rng"]
         self.exhaustion = state["exhaustion"]
         self._sync()
+        if "tree" in state:  # checkpoints from before it was saved rebuild it from the weights
+            self._tree.tree = np.array(state["tree"], dtype=np.float64)
+            self._tree.total = float(state["tree_total"])
 
     def _sync(self) -> None:
         """Rebuild the derived state (search tree, active count) from the weights."""
