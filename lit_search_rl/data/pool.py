@@ -122,8 +122,9 @@ class QueryPool:
         """Indices of ``n`` distinct active queries, drawn in proportion to weight.
 
         Successive sampling: each pick is proportional to the weights of the queries not yet
-        picked in this draw. A binary indexed tree makes each pick O(log pool size), so a draw
-        costs the same on a million queries as on a thousand.
+        picked in this draw. A binary indexed tree makes each pick O(log pool size); the tree is
+        rebuilt from the weights once per draw and per report (one vectorised pass), so that its
+        rounding never depends on the order of past updates and a restored pool draws the same.
         """
         if n < 1:
             raise ValueError(f"a draw needs at least 1 query (got {n})")
@@ -147,8 +148,6 @@ class QueryPool:
             chosen.append(i)
             picked.add(i)
             self._tree.add(i, -self.weights[i])  # out of the rest of this draw
-        for i in chosen:
-            self._tree.add(i, self.weights[i])
         if len(chosen) < n:
             # The tree's running sums cannot resolve what is left (weights many orders of magnitude
             # below the rest, or accumulated rounding): finish exactly, and rebuild the sums.
@@ -156,7 +155,9 @@ class QueryPool:
             rest = rest[~np.isin(rest, chosen)]
             p = self.weights[rest] / self.weights[rest].sum()
             chosen += self.rng.choice(rest, size=n - len(chosen), replace=False, p=p).tolist()
-            self._tree.rebuild(self.weights)
+        # The sums again as a function of the weights alone (one numpy pass, not the picks' running updates),
+        # so a pool restored from its weights draws exactly as this one.
+        self._tree.rebuild(self.weights)
         result = np.asarray(chosen, dtype=np.int64)
         if self._journal is not None:
             self._journal.append(("draw", result.copy()))
@@ -200,8 +201,8 @@ class QueryPool:
         self.last_outcome[indices] = codes
         for i, w in zip(indices.tolist(), weights.tolist(), strict=True):
             self._active += int(w > 0) - int(self.weights[i] > 0)
-            self._tree.add(i, w - self.weights[i])
             self.weights[i] = w
+        self._tree.rebuild(self.weights)  # as after a draw: the sums depend on the weights only
         self.counters.update({f"outcome_{o}": int(np.count_nonzero(codes == c)) for o, c in _CODE.items()})
         self.counters.update(flips)
         return flips
@@ -253,10 +254,6 @@ class QueryPool:
             "counters": dict(self.counters),
             "rng": self.rng.bit_generator.state,
             "exhaustion": self.exhaustion,
-            # The running sums as they are, rounding included: rebuilt from the weights they can differ in the
-            # last bits, which moves a pick that lands on a boundary (weights far below the rest make it likely).
-            "tree": self._tree.tree.copy(),
-            "tree_total": self._tree.total,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -271,9 +268,6 @@ class QueryPool:
         self.rng.bit_generator.state = state["rng"]
         self.exhaustion = state["exhaustion"]
         self._sync()
-        if "tree" in state:  # checkpoints from before it was saved rebuild it from the weights
-            self._tree.tree = np.array(state["tree"], dtype=np.float64)
-            self._tree.total = float(state["tree_total"])
 
     def _sync(self) -> None:
         """Rebuild the derived state (search tree, active count) from the weights."""
