@@ -31,6 +31,15 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 raise ValueError(f"{path}:{number}: not valid JSON ({json_error(e)})") from None
 
 
+def is_json_array(path: Path) -> bool:
+    """Whether the file's first non-blank character opens a JSON array (a JSON-lines row is an object)."""
+    with Path(path).open("rb") as f:
+        while chunk := f.read(4096):
+            if chunk.strip():
+                return chunk.lstrip().startswith(b"[")
+    return False
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Write rows as JSON lines, creating parent folders."""
     path = Path(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_search_rl.data.qa import ANSWER_FIELDS, ID_FIELDS, QARecord, answer_list, field_value, qa_record
-from lit_search_rl.io import read_jsonl
+from lit_search_rl.io import is_json_array, read_jsonl
 
 HUB_REPO = "RUC-NLPIR/FlashRAG_datasets"
 """The Hugging Face dataset repository whose configurations ``EvalSet.hub`` names."""
@@ -195,19 +195,10 @@ def _stem_name(path: Path) -> str:
     return path.parent.name if path.stem.lower() in _SPLIT_NAMES and path.parent.name else path.stem
 
 
-def _is_json_array(path: Path) -> bool:
-    """Whether the file's first non-blank character opens a JSON array (a JSON-lines row is an object)."""
-    with path.open(encoding="utf-8") as f:
-        while chunk := f.read(4096):
-            if chunk.strip():
-                return chunk.lstrip().startswith("[")
-    return False
-
-
 def _json_rows(path: Path) -> Iterator[dict]:
     """Rows of JSON lines, or of one JSON array (HotpotQA's layout), whatever the file's suffix."""
     rows: Iterable[Any] = read_jsonl(path)
-    if _is_json_array(path):
+    if is_json_array(path):
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lit_search_rl.io import json_error
+from lit_search_rl.io import is_json_array, json_error
 
 DOCS_FILE, OFFSETS_FILE = "docs.jsonl", "offsets.npy"
 
@@ -40,7 +40,7 @@ def read_corpus(path: Path, progress: bool = True) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--corpus {path} does not exist")
-    if _first_character(path) == "[":
+    if is_json_array(path):
         yield from _array_rows(path)
         return
     size = path.stat().st_size
@@ -63,14 +63,6 @@ def read_corpus(path: Path, progress: bool = True) -> Iterator[dict[str, Any]]:
             count += 1
     if count == 0:
         raise ValueError(f"--corpus {path} has no passages; a corpus is {CORPUS_LAYOUTS}")
-
-
-def _first_character(path: Path) -> str:
-    with path.open("rb") as f:
-        while chunk := f.read(4096):
-            if chunk.strip():
-                return chr(chunk.lstrip()[0])
-    return ""
 
 
 def _array_rows(path: Path) -> Iterator[dict[str, Any]]:
