@@ -6,7 +6,7 @@ Each of 10,000 queries has a latent difficulty; a rollout is correct with probab
 sigmoid(skill - difficulty). The simulated policy's skill grows with every signal group it
 trains on and drifts at random. Each strategy spends the same rollout budget (84.5K
 trajectories, K = 4, B = 32, k = 2 where the strategy oversamples) through the library's own
-``sampling_step`` and ``QueryPool``. Reported: updates taken, signal fraction of drawn groups,
+``draw_step`` and ``QueryPool``. Reported: updates taken, signal fraction of drawn groups,
 effective-batch fill, recycled share of the effective batch (whole run and last quarter),
 flips by kind, queries consumed, final skill, and draw + report time per step on 1M queries.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_search_rl.data.pool import QueryPool, outcome_of
-from lit_search_rl.data.recycling import sampling_step
+from lit_search_rl.data.pool import QueryPool, classify_group
+from lit_search_rl.data.query_sampler import draw_step
 from lit_search_rl.data.strategies import make_strategy
 
 SETTINGS = {
@@ -51,12 +51,12 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
         p = 1.0 / (1.0 + np.exp(-(skill - difficulty[indices])))
         correct = rng.binomial(group, p)
         spent += group * len(indices)
-        return [outcome_of(int(c), group) for c in correct]
+        return [classify_group([1.0] * int(c) + [0.0] * (group - int(c))) for c in correct]
 
     history = []
     while spent < budget:
         before = pool.last_outcome.copy()
-        result = sampling_step(pool, strategy, outcomes_of)
+        result = draw_step(pool, strategy, outcomes_of)
         steps += 1
         drawn += len(result.drawn)
         signal += sum(o == "signal" for o in result.outcomes)
@@ -92,7 +92,7 @@ def draw_speed(size: int = 1_000_000, batch: int = 32, oversample: int = 2, step
     outcomes = ["too_hard", "signal", "too_easy"]
     start = time.perf_counter()
     for _ in range(steps):
-        sampling_step(pool, strategy, lambda idx: [outcomes[j] for j in rng.integers(0, 3, len(idx))])
+        draw_step(pool, strategy, lambda idx: [outcomes[j] for j in rng.integers(0, 3, len(idx))])
     return 1000 * (time.perf_counter() - start) / steps
 
 

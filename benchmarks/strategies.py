@@ -28,13 +28,13 @@ from lit_search_rl.lightning_cli import SearchRLCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("chain", "iterative", "comparison")
-# name: (data.strategy, model.oversample k, data.recycled_weight)
+# name: (data.strategy, model.oversample k, data.recycled_weight: recycle only)
 STRATEGIES = {
     "recycle": ("recycle", 2, 1.0),
     "soft-recycle": ("recycle", 2, 0.1),
-    "grpo": ("grpo", 1, 1.0),
-    "dapo": ("dapo", 1, 1.0),
-    "bounded-dapo": ("bounded_dapo", 2, 1.0),
+    "grpo": ("grpo", 1, None),
+    "dapo": ("dapo", 1, None),
+    "bounded-dapo": ("bounded_dapo", 2, None),
 }
 MEASURES = {  # tag: (name in tables, how a run's series becomes one number)
     "train/signal_fraction": ("signal fraction", "mean"),
@@ -63,7 +63,8 @@ def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int
         f"--model.init_args.model={run / 'sft-model'}", f"--model.init_args.export_dir={out / 'model'}",
         f"--model.init_args.sampling.seed={seed}", "--model.init_args.learning_rate=5e-5",
         f"--model.init_args.batch_size={batch}", f"--model.init_args.oversample={oversample}",
-        f"--data.init_args.strategy={strategy}", f"--data.init_args.recycled_weight={weight}",
+        f"--data.init_args.strategy={strategy}",
+        f"--data.init_args.recycled_weight={'null' if weight is None else weight}",
         f"--data.init_args.seed={seed}", f"--data.init_args.val_sets={_eval_sets(run / 'world', 'val')}",
         "--data.init_args.test_sets=[]",
     ])  # fmt: skip

@@ -12,7 +12,7 @@ see the same prompt ids (our chat-templated prompt), B questions x K samples per
 completion budget, temperature 1, learning rate and no KL.
 
 1. First-batch loss: inside TRL's first training step, the loss TRL computes is compared with
-   ours (``lit_search_rl.losses.policy_loss``) on the very same completions, advantages and
+   ours (``lit_search_rl.grpo.losses.policy_loss``) on the very same completions, advantages and
    model state: ``token-mean`` for TRL's ``dapo`` loss and ``seq-mean-token-mean`` for ``grpo``.
 2. Throughput and memory: each trainer runs alone in a child process for the same number of
    steps; tokens per second counts prompt and completion tokens of every sampled sequence over
@@ -62,7 +62,7 @@ def run_trl(args: argparse.Namespace, probe: bool) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from lit_search_rl.losses import policy_loss
+    from lit_search_rl.grpo.losses import policy_loss
     from lit_search_rl.policy import load_policy
 
     texts, golden, tokenizer = _prompts(args.run, args.batch * args.steps)

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from lit_search_rl.grpo import GRPOModule, UpdateBatch
-from lit_search_rl.losses import group_advantages
+from lit_search_rl.grpo.losses import group_advantages
+from lit_search_rl.grpo.update import frozen_logprobs
 
 
 def make_batch(m: GRPOModule, rows: int, length: int, group_size: int) -> UpdateBatch:
@@ -41,7 +42,7 @@ def one_pass(m: GRPOModule, batch: UpdateBatch, frozen_forward: bool) -> tuple[f
     """Seconds of one update pass and its gradient."""
     m.policy.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    batch.old_logprobs = m._frozen_logprobs(m.policy, batch) if frozen_forward else None
+    batch.old_logprobs = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size) if frozen_forward else None
     m.accumulate_gradients(batch)
     seconds = time.perf_counter() - start
     return seconds, {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}

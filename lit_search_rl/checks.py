@@ -113,15 +113,10 @@ def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -
     _at_least(values, ("check_every",), 0, prefix)
 
 
-def check_qa_settings(values: Mapping[str, Any], prefix: str = "data.") -> None:
-    """The plain GRPO data module's settings."""
-    _at_least(values, ("candidates_per_step", "eval_batch_size"), 1, prefix)
-
-
 SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
     "lit_search_rl.grpo.GRPOModule": check_grpo_settings,
     "lit_search_rl.data.recycling_datamodule.RecyclingDataModule": check_recycling_settings,
-    "lit_search_rl.data.qa_datamodule.QADataModule": check_qa_settings,
+    "lit_search_rl.data.qa_datamodule.QADataModule": check_recycling_settings,
 }
 """Checks by the class path a config names (jsonargparse also accepts the bare class name)."""
 

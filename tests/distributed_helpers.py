@@ -44,7 +44,7 @@ class RankRecorder(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rank, world = rank_and_world()
         self.out.mkdir(parents=True, exist_ok=True)
-        record = {"step": batch_idx, "world": world, "pool": trainer.datamodule.pool_digest(), "rows": self.rows,
+        record = {"step": batch_idx, "world": world, "pool": trainer.datamodule.sampler.digest(), "rows": self.rows,
                   "global_step": trainer.global_step, "weights": _weights_digest(pl_module),
                   "sharded": is_sharded(pl_module.policy)}  # fmt: skip
         self.rows = []

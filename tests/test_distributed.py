@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from lit_search_rl.distributed import balanced_rows, shard
 from lit_search_rl.grpo import GRPOModule
+from lit_search_rl.grpo.update import frozen_logprobs, make_update_batch
 from lit_search_rl.rollout.agent import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def _gradient(model_dir: str, bm25_dir: str, agg: str) -> dict[str, torch.Tensor
     m.configure_model()
     torch.manual_seed(1)
     groups, rewards, chosen = _groups(m.policy.config.vocab_size)
-    batch = m.make_update_batch(groups, rewards, chosen)
-    old = m._frozen_logprobs(m.policy, batch)
+    batch = make_update_batch(groups, rewards, chosen, m.tokenizer.pad_token_id)
+    old = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size)
     # Some clipping, by a function of token and position, so it is the same whichever rank holds a row.
     batch.old_logprobs = old + 0.3 * torch.sin(batch.input_ids[:, 1:].float() + torch.arange(old.shape[1]))
     m.accumulate_gradients(batch)

@@ -88,6 +88,6 @@ def test_recipe_dry_run_builds_everything_but_the_gpu_parts(config: Path, tmp_pa
     callbacks = {type(c) for c in cli.trainer.callbacks}
     assert {VLLMWeightSync, RetrieverService} <= callbacks
     assert len(cli.datamodule.records) == 2 * len(load_qa(world_dir / "train.jsonl"))
-    assert cli.datamodule.strategy.candidates() == 32 * oversample
+    assert cli.datamodule.sampler.strategy.candidates() == 32 * oversample
     for split in ("val", "test"):  # the Search-R1 file: one dataset per data_source
         assert set(cli.datamodule.eval_datasets[split]) == {"chain", "iterative", "comparison"}

@@ -11,9 +11,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_search_rl.grpo import GRPOModule, UpdateBatch, classify_group
+from lit_search_rl.grpo import GRPOModule, UpdateBatch
+from lit_search_rl.grpo.losses import group_advantages
+from lit_search_rl.grpo.update import frozen_logprobs, make_update_batch
 from lit_search_rl.lightning_cli import SearchRLCLI
-from lit_search_rl.losses import group_advantages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +38,6 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
 def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
         module(model_dir, bm25_dir, **kwargs)
-
-
-def test_group_classification() -> None:
-    assert classify_group([1.0, 0.0, 0.0, 1.0]) == "signal"
-    assert classify_group([1.0] * 4) == "too_easy"
-    assert classify_group([0.0] * 4) == "too_hard"
-    assert classify_group([0.5, 0.5]) == "too_easy"  # non-binary: zero variance, rewarded
-    # A NaN compares false with everything: refused, rather than classified by its position.
-    for rewards in ([math.nan, 1.0], [1.0, math.nan], [math.nan, math.nan], [0.0, math.inf]):
-        with pytest.raises(ValueError, match="finite"):
-            classify_group(rewards)
 
 
 def nan_for_paris(answer: str | None, golden_answers: list[str]) -> float:
@@ -85,7 +75,7 @@ def test_score_names_the_reward_and_the_question(model_dir: Path, bm25_dir: Path
     m = module(model_dir, bm25_dir, reward="tests.test_grpo:nan_for_paris", invalid_reward="zero")
     assert m.score(groups, questions) == [[1.0, 1.0], [0.0, 1.0]]
     assert m.step_invalid_rewards == 1
-    with pytest.raises(ValueError, match="model.invalid_reward must be error or zero"):
+    with pytest.raises(ValueError, match="model.invalid_reward must be one of error, zero"):
         module(model_dir, bm25_dir, invalid_reward="skip")
 
 
@@ -100,7 +90,7 @@ def random_batch(m: GRPOModule, groups: list[list[float]], width: int = 12) -> U
     rewards = torch.tensor([r for g in groups for r in g])
     ids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
     batch = UpdateBatch(input_ids, torch.ones_like(input_ids), loss_mask, group_advantages(rewards, ids))
-    batch.old_logprobs = m._frozen_logprobs(m.policy, batch) + 0.05 * torch.randn(n, width - 1)
+    batch.old_logprobs = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size) + 0.05 * torch.randn(n, width - 1)
     return batch
 
 
@@ -150,7 +140,7 @@ def test_update_batch_counts_only_sequences_with_trainable_tokens(model_dir: Pat
     m = module(model_dir, bm25_dir, group_size=2, batch_size=2, micro_batch_size=2)
     groups = [[Trajectory([5, 6], [7, 8], [1, 1]), Trajectory([5, 6], [9], [0])],  # the second: nothing trainable
               [Trajectory([5], [7, 8, 9], [1, 0, 1]), Trajectory([5], [8], [1])]]  # fmt: skip
-    batch = m.make_update_batch(groups, [[1.0, 0.0], [0.0, 1.0]], [0, 1])
+    batch = make_update_batch(groups, [[1.0, 0.0], [0.0, 1.0]], [0, 1], m.tokenizer.pad_token_id)
     assert batch.num_seqs == 3 and batch.num_tokens == 5.0
 
 
@@ -160,7 +150,7 @@ def test_on_policy_pass_equals_a_frozen_old_logprob_pass(model_dir: Path, bm25_d
     m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4)
     m.configure_model()
     batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
-    batch.old_logprobs = m._frozen_logprobs(m.policy, batch)
+    batch.old_logprobs = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size)
     m.accumulate_gradients(batch)
     frozen = grads(m)
     m.policy.zero_grad(set_to_none=True)
@@ -222,6 +212,8 @@ def fit_args(
         "--data.train", str(world_dir / "train.jsonl"),
         "--data.val_sets", "[]", "--data.test_sets", "[]",
         "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
+        # k * B candidates, every drawn one consumed: what the plain data module did before it became a strategy
+        "--data.strategy", "bounded_dapo", "--model.oversample", "2",
         *extra,
     ]  # fmt: skip
 
@@ -236,12 +228,11 @@ def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Pat
                                                    coin_reward: None, monkeypatch: pytest.MonkeyPatch,
                                                    update_epochs: int) -> None:  # fmt: skip
     frozen_passes = []  # models that got a separate no-grad forward
-    original = GRPOModule._frozen_logprobs
-    monkeypatch.setattr(
-        GRPOModule,
-        "_frozen_logprobs",
-        lambda self, model, batch: frozen_passes.append(model) or original(self, model, batch),
-    )
+    import lit_search_rl.grpo.module as grpo_module
+
+    original = grpo_module.frozen_logprobs
+    monkeypatch.setattr(grpo_module, "frozen_logprobs",
+                        lambda model, *args: frozen_passes.append(model) or original(model, *args))  # fmt: skip
     cli = fit(tmp_path, model_dir, world_dir, bm25_dir, "--model.update_epochs", str(update_epochs))
     m = cli.model
     assert m.trainer.global_step >= update_epochs and m.skipped_steps == 0
@@ -281,7 +272,7 @@ def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(tmp_path: 
 
 
 RECYCLING = ["--data", "lit_search_rl.data.recycling_datamodule.RecyclingDataModule", "--data.val_sets", "[]",
-             "--data.test_sets", "[]"]  # fmt: skip
+             "--data.test_sets", "[]", "--data.strategy", "recycle", "--model.oversample", "2"]  # fmt: skip
 
 
 def test_invalid_rewards_scored_zero_are_counted_and_train(tmp_path: Path, model_dir: Path, world_dir: Path,
@@ -340,7 +331,8 @@ def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, mo
                                                               bm25_dir: Path, coin_reward: None) -> None:  # fmt: skip
     recycling = "lit_search_rl.data.recycling_datamodule.RecyclingDataModule"
     extra = ["--data", recycling, "--data.train", str(world_dir / "train.jsonl"), "--data.val_sets", "[]",
-             "--data.test_sets", "[]", "--trainer.enable_checkpointing",
+             "--data.test_sets", "[]", "--data.strategy", "recycle", "--model.oversample", "2",
+             "--trainer.enable_checkpointing",
              "true", "--trainer.default_root_dir", str(tmp_path / "root"),
              "--trainer.callbacks+=lit_search_rl.callbacks.recycling_plot.RecyclingPlot"]  # fmt: skip
     cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *extra)

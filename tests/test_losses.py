@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lit_search_rl.losses import AGGREGATIONS, aggregate, group_advantages, kl_penalty, policy_loss
+from lit_search_rl.grpo.losses import AGGREGATIONS, aggregate, group_advantages, kl_penalty, policy_loss
 
 
 def verl_style_advantages(rewards: torch.Tensor, ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -149,3 +149,25 @@ def test_kl_estimators_by_hand() -> None:
     assert kl_penalty(torch.tensor([0.0]), torch.tensor([-100.0]), "k3").item() <= 10.0  # veRL's clamp
     with pytest.raises(ValueError, match="kind"):
         kl_penalty(logp, ref, "k4")
+
+
+def test_a_registered_estimator_and_loss_are_chosen_by_name() -> None:
+    from lit_search_rl.grpo.losses import ADVANTAGES, POLICY_LOSSES, register_advantage, register_policy_loss
+
+    @register_advantage("sign")
+    def sign(centred, rewards, group, eps):
+        return centred.sign()
+
+    @register_policy_loss("reinforce")
+    def reinforce(logprobs, old_logprobs, advantages, mask, **settings):
+        return aggregate(-advantages[:, None] * logprobs, mask, settings["agg"]), {}
+
+    try:
+        rewards, ids = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0]), torch.tensor([0, 0, 0, 0, 1])
+        assert group_advantages(rewards, ids, scale="sign").tolist() == [1.0, -1.0, -1.0, -1.0, 0.0]  # 1 alone: 0
+        logprobs = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+        loss, _ = POLICY_LOSSES["reinforce"](logprobs, logprobs.detach(), torch.tensor([2.0]), torch.ones(1, 2),
+                                             agg="token-mean")  # fmt: skip
+        assert loss.item() == pytest.approx(3.0)
+    finally:
+        del ADVANTAGES["sign"], POLICY_LOSSES["reinforce"]

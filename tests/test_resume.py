@@ -92,7 +92,7 @@ def scalars(folder: Path, tag: str) -> dict[int, float]:
 def assert_same_run(straight: SearchRLCLI, resumed: SearchRLCLI, straight_dir: Path, resumed_dir: Path) -> None:
     assert straight.trainer.global_step >= 2, "too few updates for the test to mean anything"
     assert resumed.trainer.global_step == straight.trainer.global_step
-    assert resumed.datamodule.pool_digest() == straight.datamodule.pool_digest()
+    assert resumed.datamodule.sampler.digest() == straight.datamodule.sampler.digest()
     for name, p in straight.model.policy.named_parameters():
         torch.testing.assert_close(dict(resumed.model.policy.named_parameters())[name], p, rtol=0, atol=1e-6)
     for tag in ("train/reward_mean", "train/loss", "pool/active", "train/signal_fraction"):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lit_search_rl.data.sft import ExpertSet, LengthGroupedBatches, SFTDataModule, fresh_world_seed
-from lit_search_rl.grpo import open_retriever
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.retrieval.bm25 import InMemoryBM25
+from lit_search_rl.retrieval.open import open_retriever
 from lit_search_rl.sft import copy_counts
 
 

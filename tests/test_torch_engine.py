@@ -151,21 +151,22 @@ def test_an_unsupported_model_is_refused_with_the_reason(tokenizer) -> None:
 def test_the_grpo_module_uses_it_and_falls_back_with_a_notice(model_dir: Path, bm25_dir: Path, monkeypatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     import lit_search_rl.grpo as grpo
+    import lit_search_rl.grpo.rollouts as rollouts
 
     module = grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1,
                              micro_batch_size=2)  # fmt: skip
     module.configure_model()
-    assert type(module._engine(SamplingConfig())) is TorchEngine  # the default
-    monkeypatch.setattr(grpo, "unsupported_reason", lambda model: "model type 'gpt2' is not one of llama")
+    assert type(module.runner.engine_for(module.policy, SamplingConfig())) is TorchEngine  # the default
+    monkeypatch.setattr(rollouts, "unsupported_reason", lambda model: "model type 'gpt2' is not one of llama")
     with caplog.at_level("INFO"):
-        engines = [module._engine(SamplingConfig()) for _ in range(2)]
+        engines = [module.runner.engine_for(module.policy, SamplingConfig()) for _ in range(2)]
     assert all(type(e) is HFEngine for e in engines)
     notices = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
     assert notices == ["model.engine torch falls back to hf: model type 'gpt2' is not one of llama"]  # once
     hf = grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1,
                          micro_batch_size=2, engine="hf")  # fmt: skip
     hf.configure_model()
-    assert type(hf._engine(SamplingConfig())) is HFEngine
+    assert type(hf.runner.engine_for(hf.policy, SamplingConfig())) is HFEngine
     with pytest.raises(ValueError, match="model.engine must be one of torch, hf, vllm"):
         grpo.GRPOModule(model=str(model_dir), retriever=str(bm25_dir), engine="fast")
 

@@ -32,199 +32,19 @@ on other systems) a SIGKILLed parent can leave the child serving until it is kil
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
-import queue
-import re
-import subprocess
-import sys
-import threading
-import time
-import weakref
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
-import requests
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 
-from lit_search_rl.http_retry import PastDeadline, Unreachable, new_session, request
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.retrieval.http_client import retrieve_url
+from lit_search_rl.retrieval.open import DEFAULT_CACHE_SIZE, open_retriever
+from lit_search_rl.retrieval.server_process import ServerProcess, check_health, one_line
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CACHE_SIZE = 10_000
-STDERR_TAIL_LINES = 20
-_URL_IN_LINE = re.compile(r"(https?://\S+/retrieve)\b")
-
-# Run in the child before the server: ask for SIGTERM when the parent dies (Linux), then check the
-# parent did not die before that took effect, then run the ordinary `lit-search-rl` entry point.
-# argv: parent pid, "1" to ask for the death signal, then the `lit-search-rl` arguments.
-_CHILD_BOOTSTRAP = """\
-import os, signal, sys
-parent, want_signal = int(sys.argv[1]), sys.argv[2] == "1"
-if want_signal and sys.platform.startswith("linux"):
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        sys.exit("lit-search-rl serve-retriever: the training process exited before the server started")
-from lit_search_rl.cli import main
-sys.exit(main(sys.argv[3:]))
-"""
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _stop_process(popen: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; a no-op when it has already exited.
-
-    Module-level and given only the ``Popen``, so the ``weakref.finalize`` that calls it at exit
-    does not keep the callback alive.
-    """
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(timeout=timeout)
-
-
-class _ServerProcess:
-    """A ``lit-search-rl serve-retriever`` child: its output drained by threads, its URL, its stop."""
-
-    def __init__(self, index: Path, cache_size: int, device: str | None, stop_timeout: float) -> None:
-        self.index = index
-        args = ["serve-retriever", "--index", str(index), "--host", "127.0.0.1", "--port", "0"]
-        args += ["--cache_size", str(cache_size)]
-        if device is not None:
-            args += ["--device", device]
-        want_signal = threading.current_thread() is threading.main_thread()
-        self.command = [sys.executable, "-c", _CHILD_BOOTSTRAP, str(os.getpid()), "1" if want_signal else "0", *args]
-        self.popen = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._finalizer = weakref.finalize(self, _stop_process, self.popen, stop_timeout)
-        # Both pipes are read for the child's whole life: a full pipe would block its writes.
-        self.stdout_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._urls: queue.Queue[str] = queue.Queue()
-        self._readers = [
-            threading.Thread(target=self._drain, args=(self.popen.stdout, self.stdout_tail, True), daemon=True),
-            threading.Thread(target=self._drain, args=(self.popen.stderr, self.stderr_tail, False), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _drain(self, stream: IO[str], tail: collections.deque[str], is_stdout: bool) -> None:
-        # Reads until the child exits (end of file), then closes the pipe: the only reader closes it.
-        with stream:
-            for line in stream:
-                line = line.rstrip("\n")
-                tail.append(line)
-                if is_stdout and (match := _URL_IN_LINE.search(line)):
-                    self._urls.put(match.group(1))
-                log.debug("retrieval server %d: %s", self.popen.pid, line)
-
-    def tail(self) -> str:
-        """The last lines the child wrote to stderr (stdout when stderr is empty), indented."""
-        for reader in self._readers:
-            reader.join(timeout=2)  # after an exit, so the tail holds the child's last words
-        lines = list(self.stderr_tail) or list(self.stdout_tail) or ["(nothing)"]
-        return "\n".join(f"  | {line}" for line in lines)
-
-    def wait_for_url(self, timeout: float) -> str:
-        """The ``/retrieve`` URL the child prints once it listens; an error if it exits or is silent too long."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._urls.get(timeout=0.05)
-            except queue.Empty:
-                pass
-            code = self.popen.poll()
-            if code is not None:
-                try:
-                    return self._urls.get(timeout=1)  # printed just before exiting: exit is reported on health
-                except queue.Empty:
-                    raise RuntimeError(self.exited_message(code)) from None
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"RetrieverService: the retrieval server for index {self.index} did not print its URL within "
-                    f"{timeout:g}s (startup_timeout); it was stopped. Its stderr ended with:\n{self.tail()}"
-                )
-
-    def exited_message(self, code: int) -> str:
-        return (
-            f"RetrieverService: the retrieval server for index {self.index} exited with code {code} before serving. "
-            f"Its stderr ended with:\n{self.tail()}"
-        )
-
-    def stop(self) -> None:
-        """Stop the child; safe to call more than once."""
-        self._finalizer()
-
-
-def _check_health(
-    base: str,
-    retries: int,
-    backoff: float,
-    timeout: float,
-    server: _ServerProcess | None = None,
-) -> dict[str, Any]:
-    """``GET base/health`` until it answers 200, at most ``retries + 1`` times; the answer, or an error.
-
-    Without ``/health`` (Search-R1's own server), one ``POST /retrieve`` of one query must answer 200.
-    With ``server``, its early exit ends the wait at once with its stderr.
-    """
-    # Each probe has a total deadline (connect to last byte), so a server that trickles its answer
-    # cannot stall setup; connecting alone gets at most http_retry.CONNECT_TIMEOUT.
-    last = ""
-    with new_session(pool_maxsize=1) as session:
-        for attempt in range(retries + 1):
-            if attempt:
-                time.sleep(min(backoff * 2 ** (attempt - 1), 5.0))
-            if server is not None and (code := server.popen.poll()) is not None:
-                raise RuntimeError(server.exited_message(code))
-            try:
-                response = request(session, "GET", f"{base}/health", timeout)
-                if response.status_code == 200:
-                    answer = response.json()
-                    return answer if isinstance(answer, dict) else {"status": "ok", "health": answer}
-                if response.status_code in (404, 405, 501):
-                    probe = {"queries": ["health check"], "topk": 1, "return_scores": True}
-                    response = request(session, "POST", f"{base}/retrieve", timeout, json=probe)
-                    if response.status_code == 200:
-                        answer = response.json()
-                        if isinstance(answer, dict) and isinstance(answer.get("result"), list):
-                            return {"status": "ok", "health": "no /health; POST /retrieve answered"}
-                        raise ValueError("POST /retrieve answered without a 'result' list")
-                last = f"HTTP {response.status_code} from {response.request.method} {response.url}: "
-                last += _one_line(response.text[:200])
-            except PastDeadline:
-                last = f"no complete answer within {timeout:g} s"
-            except (Unreachable, requests.RequestException, ValueError) as e:
-                last = f"{type(e).__name__}: {_one_line(str(e))[:300]}"
-    raise ConnectionError(
-        f"RetrieverService: the retrieval server at {base} is not healthy after {retries + 1} attempts ({last})"
-    )
 
 
 def _gather_from_ranks(trainer: Trainer, item: tuple) -> list[tuple]:
@@ -318,7 +138,7 @@ class RetrieverService(Callback):
         self.stop_timeout = stop_timeout
         self._attach_url = None if url is None else retrieve_url(url)
         self._served_url: str | None = None
-        self._server: _ServerProcess | None = None
+        self._server: ServerProcess | None = None
         self._retriever: Retriever | None = None
         self.health: dict[str, Any] | None = None
         """The server's ``/health`` answer from the last ``setup`` (None in process mode)."""
@@ -362,27 +182,20 @@ class RetrieverService(Callback):
         self._release(pl_module)
 
     def _open(self, trainer: Trainer) -> Retriever:
-        from lit_search_rl.retrieval.cache import CachedRetriever
-        from lit_search_rl.retrieval.http_client import HTTPRetriever
-
         if self.index is not None and self.mode == "process":
-            from lit_search_rl.retrieval.index import load_retriever
-
-            retriever = load_retriever(self.index, device=self.device)
-            size = DEFAULT_CACHE_SIZE if self.cache_size is None else self.cache_size
+            retriever = open_retriever(self.index, self.cache_size, self.device)
             log.info("RetrieverService: opened index %s in process", self.index)
-            return CachedRetriever(retriever, size) if size > 0 else retriever
+            return retriever
         if self.index is not None:
             self._served_url = self._start_node_server(trainer)
         url = self.url
         assert url is not None
         base = url[: -len("/retrieve")]
-        self.health = _check_health(base, self.health_retries, self.health_backoff, self.request_timeout, self._server)
+        self.health = check_health(base, self.health_retries, self.health_backoff, self.request_timeout, self._server)
         log.info("RetrieverService: retrieval server at %s is healthy: %s", url, self.health)
-        retriever: Retriever = HTTPRetriever(url, timeout=self.request_timeout)
-        if self._attach_url is not None and self.cache_size:
-            retriever = CachedRetriever(retriever, self.cache_size)
-        return retriever
+        # A server this callback started keeps the cache itself, shared by the node's ranks.
+        cache_size = self.cache_size if self._attach_url is not None else 0
+        return open_retriever(url, cache_size, timeout=self.request_timeout)
 
     def _start_node_server(self, trainer: Trainer) -> str:
         """Start the server on local rank 0 and give every rank its node's URL."""
@@ -392,11 +205,11 @@ class RetrieverService(Callback):
             assert self.index is not None
             size = DEFAULT_CACHE_SIZE if self.cache_size is None else self.cache_size
             try:
-                self._server = _ServerProcess(self.index, size, self.device, self.stop_timeout)
+                self._server = ServerProcess(self.index, size, self.device, self.stop_timeout)
                 url = self._server.wait_for_url(self.startup_timeout)
                 log.info("RetrieverService: serving %s at %s (pid %d)", self.index, url, self._server.pid)
             except Exception as e:  # shared with the other ranks before it is raised, so none waits forever
-                failure, error = e, _one_line(str(e))[:500]
+                failure, error = e, one_line(str(e))[:500]
         entries = _gather_from_ranks(trainer, (trainer.node_rank, trainer.local_rank, url, error))
         if failure is not None:
             raise failure

@@ -14,6 +14,7 @@ are numpy, so a draw and report on a million queries costs milliseconds.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,11 +66,17 @@ class PoolExhausted(RuntimeError):
     """Fewer active queries than a draw needs, under the ``stop`` exhaustion policy."""
 
 
-def outcome_of(correct: int, group_size: int) -> Outcome:
-    """A group's outcome from its number of correct rollouts."""
-    if correct <= 0:
-        return "too_hard"
-    return "too_easy" if correct >= group_size else "signal"
+def classify_group(rewards: Sequence[float]) -> Outcome:
+    """A group's outcome: signal when its rewards differ, else too easy (all rewarded) or too hard (none).
+
+    Rewards must be finite: a NaN compares false with everything, so a group holding one would be
+    classified by where the NaN stands (the GRPO module turns them into an error or a counted 0 first).
+    """
+    if not all(math.isfinite(r) for r in rewards):
+        raise ValueError(f"classify_group needs finite rewards (got {list(rewards)})")
+    if max(rewards) != min(rewards):
+        return "signal"
+    return "too_easy" if rewards[0] > 0 else "too_hard"
 
 
 class QueryPool:

@@ -1,16 +1,17 @@
-"""The recycling DataModule: owns the query pool and rebuilds every step's candidates from it.
+"""The training DataModule of GRPO: owns the query pool and the ``QuerySampler`` that draws every step.
 
-The data loader yields only step numbers. The draw itself happens inside the training step
-(``sampling_step``), after the previous step's outcomes reached the pool, so Lightning's
-prefetching of the next batch can never serve a stale draw. The pool is the data module's
-state and lands in every Lightning checkpoint; a resumed run draws exactly what the
+Every strategy goes through it: ``grpo`` is a plain epoch pass, ``recycle`` returns unused
+queries to the pool. The data loader yields only step numbers. The draw itself happens inside
+the training step (``sampler.step``), after the previous step's outcomes reached the pool, so
+Lightning's prefetching of the next batch can never serve a stale draw. The pool is the data
+module's state and lands in every Lightning checkpoint; a resumed run draws exactly what the
 uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +22,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from lit_search_rl.checks import check_recycling_settings
 from lit_search_rl.data.eval_data import EvalDataModule
 from lit_search_rl.data.eval_sets import EvalSet
-from lit_search_rl.data.pool import Outcome, QueryPool
+from lit_search_rl.data.pool import QueryPool
 from lit_search_rl.data.qa import QARecord, load_qa
-from lit_search_rl.data.recycling import StepResult, sampling_step
-from lit_search_rl.data.strategies import Strategy, make_strategy
-from lit_search_rl.distributed import check_identical, state_digest
+from lit_search_rl.data.query_sampler import QuerySampler
+from lit_search_rl.data.strategies import check_options, make_strategy
 
 
 class _Steps(IterableDataset):
@@ -38,12 +38,14 @@ class RecyclingDataModule(EvalDataModule):
 
     Args:
         train: FlashRAG JSON-lines file of training questions (unique ids).
-        strategy: ``recycle``, ``grpo``, ``dapo`` or ``bounded_dapo``.
-        recycled_weight: Weight of drawn but unused queries under ``recycle``; below 1 is soft recycling.
-        max_rounds: Rounds of B candidates per step under ``dapo``.
+        strategy: ``recycle``, ``grpo`` (an epoch pass: B drawn, all consumed), ``dapo`` or ``bounded_dapo``.
+        recycled_weight: Weight of drawn but unused queries under ``recycle`` (1 when unset); below 1 is soft
+            recycling. Set with another strategy, it is an error.
+        max_rounds: Rounds of B candidates per step under ``dapo`` (4 when unset); an error with another strategy.
         exhaustion: When too few queries are active: ``reset`` (new epoch) or ``stop`` (end training with a message).
-        batch_size: Signal groups per update (B); unset to take the module's ``batch_size``.
-        oversample: Candidates per round as a multiple of B (k); unset to take the module's ``oversample``.
+        batch_size: Signal groups per update (B). The GRPO module's ``model.batch_size`` owns it: leave this
+            unset (a different value is an error); set it only to use the data module without a GRPO module.
+        oversample: Candidates per round as a multiple of B (k); owned by ``model.oversample`` like B.
         seed: Seed of the draws; the same on every rank, so every rank holds the same pool.
         check_every: Steps between checks that every rank's pool is still identical (0: never; one rank: never).
         val_sets: Evaluation sources of validation during fit and of ``validate``.
@@ -55,8 +57,8 @@ class RecyclingDataModule(EvalDataModule):
         self,
         train: str,
         strategy: Literal["recycle", "grpo", "dapo", "bounded_dapo"] = "recycle",
-        recycled_weight: float = 1.0,
-        max_rounds: int = 4,
+        recycled_weight: float | None = None,
+        max_rounds: int | None = None,
         exhaustion: Literal["reset", "stop"] = "reset",
         batch_size: int | None = None,
         oversample: int | None = None,
@@ -76,56 +78,57 @@ class RecyclingDataModule(EvalDataModule):
         self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
         self.batch_size, self.oversample = batch_size, oversample
         self.records: list[QARecord] = []
-        self.pool: QueryPool | None = None
-        self.strategy: Strategy | None = None
+        self.sampler: QuerySampler | None = None  # built in setup("fit")
         self._pending_state: dict[str, Any] | None = None
-        self._steps = 0
+
+    @property
+    def pool(self) -> QueryPool | None:
+        return None if self.sampler is None else self.sampler.pool
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.pool is not None or stage != "fit":
+        if self.sampler is not None or stage != "fit":
             return
         if not self.train_path.is_file():
             raise FileNotFoundError(f"data.train: {self.train_path} does not exist")
         self.records = load_qa(self.train_path)
+        batch, oversample = self._sizes()
+        check_options(self.strategy_name, "data.", max_rounds=self.max_rounds, recycled_weight=self.recycled_weight)
+        check_options(self.strategy_name, "model.", oversample=oversample)
+        strategy = make_strategy(self.strategy_name, batch, oversample=oversample, max_rounds=self.max_rounds,
+                                 recycled_weight=self.recycled_weight)  # fmt: skip
+        if len(self.records) < strategy.candidates():
+            raise ValueError(f"data.train has {len(self.records)} questions, fewer than one draw of "
+                             f"{strategy.candidates()}")  # fmt: skip
+        pool = QueryPool([r.id for r in self.records], seed=self.seed, exhaustion=self.exhaustion)
+        if self._pending_state is not None:
+            pool.load_state_dict(self._pending_state)
+            self._pending_state = None
+        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every)
+
+    def _sizes(self) -> tuple[int, int]:
+        """B and k: the GRPO module's (``model.batch_size``, ``model.oversample``), which own them.
+
+        The data module's own values serve only without such a module, and must agree with it.
+        """
         module = self.trainer.lightning_module if self.trainer is not None else None
         hparams = getattr(module, "hparams", {})
-        batch = self.batch_size or hparams.get("batch_size", 1)
-        oversample = self.oversample or hparams.get("oversample", 1)
-        self.strategy = make_strategy(self.strategy_name, batch_size=batch, oversample=oversample,
-                                      max_rounds=self.max_rounds, recycled_weight=self.recycled_weight)  # fmt: skip
-        if len(self.records) < self.strategy.candidates():
-            raise ValueError(f"data.train has {len(self.records)} questions, fewer than one draw of "
-                             f"{self.strategy.candidates()}")  # fmt: skip
-        self.pool = QueryPool([r.id for r in self.records], seed=self.seed, exhaustion=self.exhaustion)
-        if self._pending_state is not None:
-            self.pool.load_state_dict(self._pending_state)
-            self._pending_state = None
+        sizes = []
+        for name, own in (("batch_size", self.batch_size), ("oversample", self.oversample)):
+            owner = hparams.get(name)
+            if owner is not None and own is not None and own != owner:
+                raise ValueError(f"data.{name} ({own}) disagrees with model.{name} ({owner}): set it once, as "
+                                 f"model.{name}")  # fmt: skip
+            sizes.append(owner if owner is not None else own if own is not None else 1)
+        return sizes[0], sizes[1]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None)
 
-    def sampling_step(self, outcomes_of: Callable[[list[QARecord], np.ndarray], Sequence[Outcome]]) -> StepResult:
-        """Draw from the current pool, get each drawn question's outcome, fill the effective batch, report.
-
-        With several ranks, ``outcomes_of`` must return every drawn question's outcome on every
-        rank (the GRPO module gathers them), so the pools stay identical; this is checked every
-        ``check_every`` steps.
-        """
-        result = sampling_step(self.pool, self.strategy, lambda idx: outcomes_of([self.records[i] for i in idx], idx))
-        self._steps += 1
-        if self.check_every and self._steps % self.check_every == 0:
-            check_identical("the query pool", self.pool_digest())
-        return result
-
-    def pool_digest(self) -> str:
-        """A hash of the pool's mutable state (weights, history, counters, generator)."""
-        return state_digest({k: v for k, v in self.pool.state_dict().items() if k != "ids"})
-
     def state_dict(self) -> dict[str, Any]:
         # Arrays go into the checkpoint as tensors: Lightning resumes with torch.load(weights_only=True),
         # which refuses numpy arrays.
-        if self.pool is None:
+        if self.sampler is None:
             return {}
         return {"pool": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                          for k, v in self.pool.state_dict().items()}}  # fmt: skip
@@ -134,7 +137,7 @@ class RecyclingDataModule(EvalDataModule):
         if "pool" not in state_dict:
             return
         state = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state_dict["pool"].items()}
-        if self.pool is None:
+        if self.sampler is None:
             self._pending_state = state  # applied in setup, once the pool exists
         else:
-            self.pool.load_state_dict(state)
+            self.sampler.pool.load_state_dict(state)

@@ -35,6 +35,8 @@ class Strategy:
     """
 
     name = ""
+    options: tuple[str, ...] = ("oversample",)
+    """The settings besides B this strategy reads; setting another one is an error, not silently ignored."""
 
     def __init__(self, batch_size: int, oversample: int = 1, max_rounds: int = 1, recycled_weight: float = 1.0) -> None:
         if batch_size < 1 or oversample < 1 or max_rounds < 1:
@@ -63,6 +65,7 @@ class Strategy:
 
 class GRPOStrategy(Strategy):
     name = "grpo"
+    options = ()
 
     def candidates(self) -> int:
         return self.batch_size
@@ -70,6 +73,7 @@ class GRPOStrategy(Strategy):
 
 class DAPOStrategy(Strategy):
     name = "dapo"
+    options = ("max_rounds",)
 
     def candidates(self) -> int:
         return self.batch_size
@@ -84,6 +88,7 @@ class BoundedDAPOStrategy(Strategy):
 
 class RecycleStrategy(Strategy):
     name = "recycle"
+    options = ("oversample", "recycled_weight")
 
     def new_weights(self, outcomes: Sequence[Outcome], used: Sequence[bool]) -> list[float]:
         return [0.0 if u else self.recycled_weight for u in used]
@@ -94,8 +99,26 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def make_strategy(name: str, **kwargs) -> Strategy:
-    """The strategy registered as ``name``; a clear error naming the choices otherwise."""
+def make_strategy(name: str, batch_size: int, **options: float | int | None) -> Strategy:
+    """The strategy registered as ``name``; unset (None) options take their defaults.
+
+    Options the strategy does not read are accepted here (the pool simulator passes one set to all);
+    ``check_options`` refuses them where a user set them.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**kwargs)
+    return STRATEGIES[name](batch_size, **{k: v for k, v in options.items() if v is not None})
+
+
+def check_options(name: str, prefix: str = "", **options: float | int | None) -> None:
+    """Refuse an option that strategy ``name`` would silently ignore: set (not None, ``oversample`` above 1)
+    although the strategy does not read it. Errors name the option as ``prefix + option``."""
+    strategy = STRATEGIES.get(name)
+    if strategy is None:
+        return
+    for option, value in options.items():
+        if option in strategy.options or value is None or (option == "oversample" and value == 1):
+            continue
+        readers = [n for n, s in STRATEGIES.items() if option in s.options]
+        raise ValueError(f"{prefix}{option} is {value} but strategy {name} does not use it (only "
+                         f"{' and '.join(readers)} read it): leave it unset")  # fmt: skip

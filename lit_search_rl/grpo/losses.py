@@ -4,6 +4,10 @@ No Lightning, no model: tensors in, tensors out, so they can be checked by hand.
 N trajectories, T response tokens. Each function follows veRL's ``core_algos`` where it says
 so; the few places that differ say why.
 
+Advantage estimators and policy losses are registries, chosen by name in the module's config
+(``model.advantage_scale``, ``model.policy_loss``): a new one is one function under
+``@register_advantage("name")`` or ``@register_policy_loss("name")``.
+
 Micro-batching: the aggregation normalisers (``num_tokens``, ``num_seqs``, ``horizon``) can be
 given for the whole batch, so that the losses of micro-batches add up to the loss of the
 batch and gradient accumulation gives the same gradient as one big batch.
@@ -11,15 +15,71 @@ batch and gradient accumulation gives the same gradient as one big batch.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Protocol, TypeVar
 
 import torch
 
-Scale = Literal["group", "batch", "none"]
+Scale = str  # a registered advantage estimator: group, batch, none, or your own
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLKind = Literal["k1", "k2", "k3"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_KINDS: tuple[str, ...] = ("k1", "k2", "k3")
+
+F = TypeVar("F", bound=Callable)
+AdvantageEstimator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""(centred rewards (N,), rewards (N,), group index of each (N,), eps) -> (N,) advantages."""
+ADVANTAGES: dict[str, AdvantageEstimator] = {}
+
+
+def _registrar(table: dict[str, F]) -> Callable[[str], Callable[[F], F]]:
+    """A decorator factory that files functions in ``table`` under a name."""
+
+    def register(name: str) -> Callable[[F], F]:
+        def add(fn: F) -> F:
+            table[name] = fn
+            return fn
+
+        return add
+
+    return register
+
+
+register_advantage = _registrar(ADVANTAGES)
+"""``@register_advantage("name")``: an advantage estimator chosen by ``model.advantage_scale``."""
+
+
+@register_advantage("group")
+def _group_std(centred: torch.Tensor, rewards: torch.Tensor, group: torch.Tensor, eps: float) -> torch.Tensor:
+    # GRPO (veRL's default): divided by the group's unbiased std + eps.
+    counts = torch.bincount(group).to(rewards.dtype)
+    squares = torch.zeros_like(counts).index_add_(0, group, centred**2)
+    std = torch.sqrt(squares / (counts - 1).clamp(min=1))  # (G,) unbiased
+    return centred / (std[group] + eps)
+
+
+@register_advantage("batch")
+def _batch_std(centred: torch.Tensor, rewards: torch.Tensor, group: torch.Tensor, eps: float) -> torch.Tensor:
+    std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+    return centred / (std + eps)
+
+
+@register_advantage("none")
+def _centred_only(centred: torch.Tensor, rewards: torch.Tensor, group: torch.Tensor, eps: float) -> torch.Tensor:
+    return centred  # Dr. GRPO: the group mean subtracted, no scaling
+
+
+class PolicyLoss(Protocol):
+    """A policy loss: (N, T) logprobs, old logprobs, advantages and mask, settings as keywords, to
+    (scalar loss, detached statistics); see ``policy_loss`` for the arguments."""
+
+    def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                 mask: torch.Tensor, **settings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...  # fmt: skip
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+register_policy_loss = _registrar(POLICY_LOSSES)
+"""``@register_policy_loss("name")``: a policy loss chosen by ``model.policy_loss``."""
 
 
 def group_advantages(
@@ -30,9 +90,9 @@ def group_advantages(
     Args:
         rewards: (N,) reward of each trajectory.
         group_ids: (N,) integer id of the question each trajectory answers.
-        scale: ``group`` divides by the group's unbiased std + eps (GRPO, veRL's default);
-            ``batch`` by the unbiased std of all rewards in the batch + eps; ``none`` only
-            subtracts the group mean (Dr. GRPO).
+        scale: a registered estimator: ``group`` divides by the group's unbiased std + eps (GRPO,
+            veRL's default); ``batch`` by the unbiased std of all rewards in the batch + eps;
+            ``none`` only subtracts the group mean (Dr. GRPO).
         eps: added to the std.
 
     Returns:
@@ -40,22 +100,12 @@ def group_advantages(
         it the raw reward instead). A zero-variance group gets exactly 0 in every mode.
     """
     rewards = rewards.float()
+    if scale not in ADVANTAGES:
+        raise ValueError(f"scale must be one of {', '.join(ADVANTAGES)} (got {scale!r})")
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    groups = counts.numel()
-    sums = torch.zeros(groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
-    means = sums / counts  # (G,)
-    centred = rewards - means[inverse]  # (N,)
-    if scale == "group":
-        squares = torch.zeros_like(sums).index_add_(0, inverse, centred**2)
-        std = torch.sqrt(squares / (counts - 1).clamp(min=1))  # (G,) unbiased
-        advantages = centred / (std[inverse] + eps)
-    elif scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
-        advantages = centred / (std + eps)
-    elif scale == "none":
-        advantages = centred
-    else:
-        raise ValueError(f"scale must be one of group, batch, none (got {scale!r})")
+    sums = torch.zeros(counts.numel(), dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
+    centred = rewards - (sums / counts)[inverse]  # (N,)
+    advantages = ADVANTAGES[scale](centred, rewards, inverse, eps)
     return torch.where(counts[inverse] > 1, advantages, torch.zeros_like(advantages))
 
 
@@ -109,6 +159,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+@register_policy_loss("ppo_clip")
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -181,7 +232,6 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind 
     raise ValueError(f"kind must be one of {', '.join(KL_KINDS)} (got {kind!r})")
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """(N, T) entropy of each next-token distribution from (N, T, V) logits."""
-    logp = logits.float().log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """(N, T) entropy of each next-token distribution from its (N, T, V) log-probabilities."""
+    return -(logprobs.exp() * logprobs).sum(-1)

@@ -1,0 +1,98 @@
+"""The rollout runner of GRPO: K trajectories per question, sharded over ranks, with the configured engine.
+
+It chooses the engine (``torch``: the lean decoding loop, falling back to ``hf`` once with a
+notice for models it cannot run; ``hf``: transformers' ``generate``; ``vllm``: a colocated vLLM
+engine kept in sync by the ``VLLMWeightSync`` callback), generates with an unsharded copy of an
+FSDP-sharded policy, seeds each rank's sampling, and books where the time went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_search_rl.data.qa import QARecord
+from lit_search_rl.distributed import gather_shards, rank_and_world, shard
+from lit_search_rl.fsdp import copy_full_weights, is_sharded
+from lit_search_rl.policy import load_policy
+from lit_search_rl.retrieval.base import Retriever
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
+from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
+from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
+from lit_search_rl.rollout.vllm_engine import VLLMEngine
+from lit_search_rl.timing import PhaseTimer
+
+ENGINES = ("torch", "hf", "vllm")
+SamplingOf = Callable[[int], SamplingConfig]
+"""The token sampling settings of a rank (its seed differs from the other ranks')."""
+
+
+def step_sampling(sampling: SamplingConfig, step: int, rank: int) -> SamplingConfig:
+    """The sampling settings of training batch ``step`` on ``rank``: a seed of its own for each (or none)."""
+    seed = None if sampling.seed is None else sampling.seed + 1000 * step + 7919 * rank
+    return SamplingConfig(sampling.temperature, sampling.top_p, sampling.top_k, seed)
+
+
+class RolloutRunner:
+    """Runs the agent loop for the GRPO module.
+
+    Args:
+        engine: ``torch``, ``hf`` or ``vllm``.
+        model: the policy's folder, loaded again for the unsharded rollout copy of an FSDP policy.
+        dtype: its parameter dtype.
+        tokenizer: the policy's tokenizer.
+        rollout: the agent loop's limits.
+        timer: where ``generate`` and ``retrieve`` seconds are booked (inside ``rollout``).
+    """
+
+    def __init__(self, engine: str, model: str, dtype: str, tokenizer, rollout: RolloutConfig,
+                 timer: PhaseTimer) -> None:  # fmt: skip
+        self.engine, self.model, self.dtype = engine, model, dtype
+        self.tokenizer, self.config, self.timer = tokenizer, rollout, timer
+        self.vllm: VLLMEngine | None = None  # the colocated vLLM engine (engine vllm), made by the module's setup
+        self.retriever: Retriever | None = None
+        self._copy: torch.nn.Module | None = None  # generates for a sharded policy (torch, hf engines)
+        self._told_fallback = False  # the torch engine's fallback notice is given once
+
+    def run(self, policy: torch.nn.Module, questions: list[QARecord], k: int,
+            sampling: SamplingOf) -> list[list[Trajectory]]:  # fmt: skip
+        """K trajectories per question, grouped by question, in the order of ``questions``.
+
+        Every rank holds the same questions; each rolls out its shard as one batched agent loop,
+        and the groups are gathered so every rank returns all of them.
+        """
+        rank, world = rank_and_world()
+        mine = [questions[i] for i in shard(questions, rank, world)]
+        agent = AgentLoop(self.engine_for(policy, sampling(rank)), self.retriever, self.tokenizer, self.config,
+                          context_length=context_length_of(policy))  # fmt: skip
+        flat = agent.rollout([q.question for q in mine for _ in range(k)])
+        # The agent loop's own bookkeeping (parsing, token ids) stays booked as "rollout".
+        self.timer.add("generate", agent.stats.generate_seconds, within="rollout")
+        self.timer.add("retrieve", agent.stats.retrieve_seconds, within="rollout")
+        return gather_shards([flat[i * k : (i + 1) * k] for i in range(len(mine))], len(questions))
+
+    def engine_for(self, policy: torch.nn.Module, sampling: SamplingConfig) -> GenerationEngine:
+        """The engine that generates from ``policy``'s current weights with ``sampling``."""
+        if self.vllm is not None:
+            self.vllm.sampling = sampling
+            return self.vllm
+        model = policy
+        if is_sharded(policy):
+            # A sharded policy cannot generate rank by rank (each forward is a collective), so an
+            # unsharded copy gets the current weights and generates instead.
+            if self._copy is None:
+                device = next(policy.parameters()).device
+                self._copy = load_policy(self.model, self.dtype).to(device).eval()
+            copy_full_weights(policy, self._copy)
+            model = self._copy
+        if self.engine == "torch":
+            reason = unsupported_reason(model)
+            if reason is None:
+                return TorchEngine(model, self.tokenizer, sampling)
+            if not self._told_fallback:
+                rank_zero_info(f"model.engine torch falls back to hf: {reason}")
+                self._told_fallback = True
+        return HFEngine(model, self.tokenizer, sampling)

@@ -1,0 +1,161 @@
+"""The update maths of GRPO as functions of (policy, batch, settings): no Lightning, no trainer.
+
+``make_update_batch`` turns the chosen groups into padded tensors with group-normalised
+advantages; ``accumulate_gradients`` runs the micro-batched backward of the whole batch's loss.
+Micro-batch losses are normalised by whole-batch counts, so their gradients add up to the
+gradient of the batch loss whatever the micro-batch size; with several ranks each takes every
+world-th trajectory and scales its loss back up, so the averaged gradient is the batch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lit_search_rl.distributed import balanced_rows, rank_and_world
+from lit_search_rl.grpo.losses import POLICY_LOSSES, aggregate, group_advantages, kl_penalty, token_entropy
+from lit_search_rl.rollout.agent import Trajectory
+from lit_search_rl.rollout.encoding import pad_batch
+
+
+@dataclass
+class UpdateBatch:
+    """Tensors of the trajectories that are trained on. N trajectories, L = prompt + response width."""
+
+    input_ids: torch.Tensor  # (N, L) right-padded
+    attention_mask: torch.Tensor  # (N, L)
+    loss_mask: torch.Tensor  # (N, L) 1 on the model's own response tokens
+    advantages: torch.Tensor  # (N,)
+    # (N, L-1) logprob of token t+1 at position t before the update; None: on-policy, the ratio is 1.
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None  # (N, L-1)
+    # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own):
+    # trainable tokens, and sequences with at least one trainable token.
+    num_tokens: float | None = None
+    num_seqs: int | None = None
+    # Data-parallel gradients are averaged over ranks; each rank's loss is scaled back up so the
+    # averaged gradient is the gradient of the whole batch's loss.
+    loss_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The settings of the update's loss, as the module's config names them (see ``GRPOModule``)."""
+
+    policy_loss: str = "ppo_clip"
+    loss_agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_c: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    micro_batch_size: int = 8
+    horizon: int = 2048  # the fixed length of seq-mean-token-sum-norm: the rollout's max_total_tokens
+
+
+def make_update_batch(
+    groups: Sequence[Sequence[Trajectory]],
+    rewards: Sequence[Sequence[float]],
+    chosen: Sequence[int],
+    pad_id: int,
+    advantage_scale: str = "group",
+    device: torch.device | str = "cpu",
+) -> UpdateBatch:
+    """Padded tensors and group-normalised advantages of this rank's share of the chosen groups.
+
+    Advantages and loss normalisers come from the whole effective batch. With several ranks
+    each takes every world-th trajectory and pads with fully masked rows to the same count.
+    """
+    trajectories = [t for i in chosen for t in groups[i]]
+    flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
+    group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
+    advantages = group_advantages(flat_rewards, group_ids, scale=advantage_scale)
+    examples = [{"input_ids": t.prompt_ids + t.response_ids, "loss_mask": [0] * len(t.prompt_ids) + t.loss_mask}
+                for t in trajectories]  # fmt: skip
+    num_tokens = float(sum(sum(e["loss_mask"][1:]) for e in examples))
+    # The seq-mean modes count only sequences with a trainable token (veRL's agg_loss), so the
+    # fully masked filler rows below need no special case.
+    num_seqs = sum(any(e["loss_mask"][1:]) for e in examples)
+    rank, world = rank_and_world()
+    rows, padding = balanced_rows(len(examples), rank, world)
+    filler = {"input_ids": examples[0]["input_ids"], "loss_mask": [0] * len(examples[0]["input_ids"])}
+    local = [examples[i] for i in rows] + [filler] * padding
+    local_advantages = torch.cat([advantages[rows], torch.zeros(padding)])
+    padded = {k: v.to(device) for k, v in pad_batch(local, pad_id).items()}
+    return UpdateBatch(
+        padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(device),
+        num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world),
+    )  # fmt: skip
+
+
+def token_logprobs(model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution.
+
+    The entropy (a full pass over the vocabulary) is only computed for the training pass; the
+    frozen old / reference logprobs, computed without gradients, return None for it.
+    """
+    logits = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits[:, :-1]
+    logp = logits.float().log_softmax(-1)  # (n, L-1, V)
+    chosen = logp.gather(-1, batch.input_ids[rows, 1:, None])[..., 0]
+    entropy = token_entropy(logp).detach() if torch.is_grad_enabled() else None
+    return chosen, entropy
+
+
+LogprobFn = Callable[[torch.nn.Module, UpdateBatch, slice], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@torch.no_grad()
+def frozen_logprobs(model, batch: UpdateBatch, micro_batch_size: int, logprobs_of: LogprobFn = token_logprobs):
+    """(N, L-1) logprobs of the whole batch under ``model``, micro-batch by micro-batch, without gradients."""
+    n = batch.input_ids.shape[0]
+    return torch.cat(
+        [logprobs_of(model, batch, slice(i, i + micro_batch_size))[0] for i in range(0, n, micro_batch_size)]
+    )
+
+
+def accumulate_gradients(
+    policy,
+    batch: UpdateBatch,
+    settings: LossSettings,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    logprobs_of: LogprobFn = token_logprobs,
+) -> tuple[bool, dict[str, float]]:
+    """Micro-batched backward of the whole batch's loss; returns (loss finite, statistics summed over micro-batches).
+
+    A non-finite micro-batch loss still goes through ``backward``: every rank must run the same
+    backward passes, since each one all-reduces gradients; the non-finite gradient then makes the
+    step skip. Statistics are this rank's; the caller sums them over ranks.
+    """
+    s = settings
+    n = batch.input_ids.shape[0]
+    mask = batch.loss_mask[:, 1:]  # (N, L-1): token t+1 is predicted at position t
+    num_tokens = mask.sum().item() if batch.num_tokens is None else batch.num_tokens
+    num_seqs = int((mask.sum(-1) > 0).sum()) if batch.num_seqs is None else batch.num_seqs
+    norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": s.horizon}
+    totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+    finite = True
+    for i in range(0, n, s.micro_batch_size):
+        rows = slice(i, min(n, i + s.micro_batch_size))
+        logprobs, entropy = logprobs_of(policy, batch, rows)
+        old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
+        loss, stats = POLICY_LOSSES[s.policy_loss](logprobs, old, batch.advantages[rows], mask[rows],
+                                                   clip_low=s.clip_low, clip_high=s.clip_high, clip_c=s.clip_c,
+                                                   agg=s.loss_agg, **norms)  # fmt: skip
+        if batch.ref_logprobs is not None:
+            kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs[rows], s.kl_estimator), mask[rows], s.loss_agg,
+                           **norms)  # fmt: skip
+            loss = loss + s.kl_coef * kl
+            totals["kl"] += kl.item()
+        finite = finite and bool(torch.isfinite(loss))
+        backward(loss * batch.loss_scale)
+        totals["loss"] += loss.item()
+        totals["entropy"] += (entropy * mask[rows]).sum().item() / max(1, num_tokens)
+        totals["clip_fraction"] += stats["clip_fraction"].item() * mask[rows].sum().item() / max(1, num_tokens)
+    return finite, totals
+
+
+def gradients_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (missing ones count as finite)."""
+    return all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
