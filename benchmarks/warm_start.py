@@ -34,7 +34,7 @@ from lit_search_rl.data.synthetic.world import WorldConfig, generate_world, writ
 from lit_search_rl.models.tiny import TinyModelConfig, build_model, train_tokenizer, world_texts
 from lit_search_rl.retrieval.base import Document, split_contents
 from lit_search_rl.rollout.encoding import pad_batch
-from lit_search_rl.rollout.protocol import TAGS, THINK_CLOSE, THINK_OPEN
+from lit_search_rl.rollout.tags import TAGS, THINK_CLOSE, THINK_OPEN
 from lit_search_rl.sft import copy_counts
 
 

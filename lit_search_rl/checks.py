@@ -121,6 +121,20 @@ SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
 """Checks by the class path a config names (jsonargparse also accepts the bare class name)."""
 
 
+RENAMED: dict[str, str] = {
+    "model.rollout.top_k": "model.rollout.documents_per_query",
+    "data.top_k": "data.documents_per_query",
+}
+"""Options that were renamed, by their old name: an old config gets one line naming the new one."""
+
+
+def check_renamed(keys: Iterable[str]) -> None:
+    """Refuse an option by an old name (``section.key`` as ``--section.key`` writes it), naming its new name."""
+    for key in keys:
+        if key in RENAMED:
+            raise ValueError(f"{key} was renamed {RENAMED[key]}")
+
+
 def check_settings(section: str, class_path: Any, values: Mapping[str, Any]) -> None:
     """Check the init arguments of ``section`` (``model`` or ``data``) when its class is one of ours.
 

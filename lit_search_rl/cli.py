@@ -81,6 +81,18 @@ _SECTIONS = ("model", "data")
 _UNSURE = object()  # a section whose contents this reading cannot tell
 
 
+def _dotted(prefix: str, values: object) -> list[str]:
+    """The dotted keys of a nested mapping: ``{"rollout": {"top_k": 3}}`` under ``model`` is ``model.rollout.top_k``."""
+    if not isinstance(values, dict):
+        return []
+    keys = []
+    for key, value in values.items():
+        keys.append(f"{prefix}.{key}")
+        if key != "init_args" and isinstance(value, dict):
+            keys += _dotted(f"{prefix}.{key}", value.get("init_args", value))
+    return keys
+
+
 def precheck(argv: Sequence[str]) -> None:
     """Check ``fit|validate|test`` arguments without importing Lightning: YAML syntax, model and data settings,
     the files they name and the rows of the question files. With ``--print_config`` only the files are checked.
@@ -91,6 +103,7 @@ def precheck(argv: Sequence[str]) -> None:
     from lit_search_rl.checks import (
         check_eval_rows,
         check_paths,
+        check_renamed,
         check_settings,
         check_sources,
         check_train_rows,
@@ -102,6 +115,7 @@ def precheck(argv: Sequence[str]) -> None:
     # --print_config prints and exits inside LightningCLI before its own checks: the files are checked here.
     printing = any(a.startswith("--print_config") for a in args)
     sections: dict[str, dict | object] = {name: {"class_path": None, "init_args": {}} for name in _SECTIONS}
+    flagged: list[str] = []  # the options given as flags, as section.key
     i = 0
     while i < len(args):
         flag, inline, value = args[i].partition("=")
@@ -121,12 +135,14 @@ def precheck(argv: Sequence[str]) -> None:
         elif flag.split(".", 1)[0].lstrip("-") in _SECTIONS and flag.startswith("--"):
             name, _, key = flag[2:].partition(".")
             key = key.removeprefix("init_args.")
+            flagged.append(f"{name}.{key}")
             if not key or key in ("class_path", "dict_kwargs"):  # another class, or a file: follow no further
                 sections[name] = _UNSURE
             elif "." not in key and sections[name] is not _UNSURE:  # nested keys are left to the config classes
                 sections[name]["init_args"][key] = _yaml_value(value)
         i += step
     known = {name: section for name, section in sections.items() if section is not _UNSURE}
+    check_renamed([*flagged, *(key for name, section in known.items() for key in _dotted(name, section["init_args"]))])
     if printing:  # it shows what was given, even a value training would refuse, but names a missing file
         for name, section in known.items():
             check_paths(name, section["init_args"], subcommand)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lit_search_rl.rollout.weights import iter_full_weights
+from lit_search_rl.full_weights import iter_full_weights
 
 
 def is_sharded(model: nn.Module) -> bool:

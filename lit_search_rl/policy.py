@@ -83,7 +83,7 @@ class ExportsPolicy:
         if not self.hparams.export_dir or self.policy is None:
             return
         from lit_search_rl.fsdp import is_sharded
-        from lit_search_rl.rollout.weights import iter_full_weights
+        from lit_search_rl.full_weights import iter_full_weights
 
         state = None
         if is_sharded(self.policy):

@@ -55,6 +55,6 @@ class RankRecorder(Callback):
 def _weights_digest(pl_module) -> str:
     """Digest of the full weights (gathered from shards under FSDP: every rank calls it)."""
     from lit_search_rl.distributed import state_digest
-    from lit_search_rl.rollout.weights import iter_full_weights
+    from lit_search_rl.full_weights import iter_full_weights
 
     return state_digest(dict(iter_full_weights(pl_module.policy)))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_search_rl.rollout.actions import extract_answer, parse_action, visible_text
-from lit_search_rl.rollout.protocol import TAGS
+from lit_search_rl.rollout.tags import TAGS
 
 
 def test_search_with_several_queries_and_a_cap() -> None:

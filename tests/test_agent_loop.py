@@ -14,8 +14,8 @@ from lit_search_rl.retrieval.index import load_retriever
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN, information_block
 from lit_search_rl.rollout.protocols import TagProtocol, ToolCallProtocol
+from lit_search_rl.rollout.tags import INFO_CLOSE, INFO_OPEN, information_block
 from lit_search_rl.rollout.torch_engine import TorchEngine
 
 
@@ -215,12 +215,18 @@ def test_tool_call_protocol_runs_the_same_loop(tokenizer, retriever) -> None:
     script = {"Q?": [call.format("festival") + call.format("born") + "not json <tool_call>{oops</tool_call>",
                      "<think> done </think> <answer> Oslo </answer>"]}  # fmt: skip
     engine = ScriptedEngine(tokenizer, script, turn_of=lambda context: context.count("<|im_start|>assistant") - 1)
-    agent = AgentLoop(engine, retriever, tokenizer, RolloutConfig(), protocol=ToolCallProtocol())
+    agent = AgentLoop(engine, retriever, tokenizer, RolloutConfig(protocol="tool_call"))  # chosen in config
+    assert isinstance(agent.protocol, ToolCallProtocol)
     [t] = agent.rollout(["Q?"])
     assert (t.finish_reason, t.answer, t.num_searches, t.num_turns) == ("answered", "Oslo", 2, 2)
     [observation] = [tokenizer.decode(r) for r in runs(t, 0)]
     assert observation.count("<tool_response>") == 2 and observation.endswith("<|im_start|>assistant\n")
     assert tokenizer.eos_token in tokenizer.decode(runs(t, 1)[0])  # the model's own EOS ends its tool-call message
+
+
+def test_an_unknown_protocol_is_refused_naming_the_option(tokenizer, retriever) -> None:
+    with pytest.raises(ValueError, match="rollout.protocol must be one of tag, tool_call .got 'json'."):
+        AgentLoop(ScriptedEngine(tokenizer, {}), retriever, tokenizer, RolloutConfig(protocol="json"))
 
 
 def test_tool_call_parsing() -> None:

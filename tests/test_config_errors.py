@@ -52,6 +52,12 @@ def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECY
         # a nested key or a flag without its value does not hide the other settings
         (["--model.init_args.rollout.max_turns", "5", "--model.group_size", "1"], ["model.group_size"]),
         (["--trainer.fast_dev_run", "--data.recycled_weight", "2"], ["data.recycled_weight", "got 2"]),
+        # renamed options name their new name
+        (
+            ["--model.init_args.rollout.top_k", "3"],
+            ["model.rollout.top_k was renamed model.rollout.documents_per_query"],
+        ),
+        (["--model.rollout.top_k=3"], ["model.rollout.top_k was renamed model.rollout.documents_per_query"]),
     ],
 )
 def test_bad_values_are_one_short_line_naming_the_option_before_any_heavy_import(

@@ -60,12 +60,12 @@ def test_score_names_the_reward_and_the_question(model_dir: Path, bm25_dir: Path
 
     questions = [QARecord("q0", "Who?", ("ann",)), QARecord("q17", "Where?", ("paris",))]
     groups = [[Trajectory([1], answer="Ann"), Trajectory([1])], [Trajectory([1], answer="Paris"), Trajectory([1])]]
-    m = module(model_dir, bm25_dir, reward="tests.test_rewards_metrics:raising_reward")
-    with pytest.raises(ValueError, match="^reward tests.test_rewards_metrics:raising_reward raised ValueError on "
+    m = module(model_dir, bm25_dir, reward="tests.test_rewards:raising_reward")
+    with pytest.raises(ValueError, match="^reward tests.test_rewards:raising_reward raised ValueError on "
                                          "question q0: golden answers must not be empty$"):  # fmt: skip
         m.score(groups, questions)
-    m = module(model_dir, bm25_dir, reward="tests.test_rewards_metrics:none_reward")
-    with pytest.raises(ValueError, match=r"^reward tests.test_rewards_metrics:none_reward returned None on "
+    m = module(model_dir, bm25_dir, reward="tests.test_rewards:none_reward")
+    with pytest.raises(ValueError, match=r"^reward tests.test_rewards:none_reward returned None on "
                                          r"question q0 \(expected a number\)$"):  # fmt: skip
         m.score(groups, questions)
     m = module(model_dir, bm25_dir, reward="tests.test_grpo:nan_for_paris")
@@ -243,6 +243,8 @@ def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Pat
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/reward_mean", "train/signal_fraction", "train/entropy", "train/step_time"} <= tags
     assert {"time/generate", "time/retrieve", "time/forward_backward", "time/optimizer", "time/other"} <= tags
+    # The torch engine's logprobs are the policy's own: its token probabilities match pi_old's.
+    assert all(0 <= e.value < 1e-4 for e in events.Scalars("train/rollout_probs_diff"))
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
@@ -292,8 +294,8 @@ def test_invalid_rewards_scored_zero_are_counted_and_train(tmp_path: Path, model
 @pytest.mark.parametrize(
     ("reward", "message"),
     [
-        ("tests.test_rewards_metrics:raising_reward", "raised ValueError on question .+: golden answers must not be"),
-        ("tests.test_rewards_metrics:none_reward", r"returned None on question \S+ \(expected a number\)"),
+        ("tests.test_rewards:raising_reward", "raised ValueError on question .+: golden answers must not be"),
+        ("tests.test_rewards:none_reward", r"returned None on question \S+ \(expected a number\)"),
         ("tests.test_grpo:nan_coin", "returned nan on question .+ for "),
     ],
 )

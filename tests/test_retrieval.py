@@ -15,7 +15,7 @@ from lit_search_rl.retrieval.base import Document
 from lit_search_rl.retrieval.cache import CachedRetriever
 from lit_search_rl.retrieval.dense import DenseConfig
 from lit_search_rl.retrieval.index import build_index, load_retriever
-from lit_search_rl.rollout.protocol import format_documents, truncate_text
+from lit_search_rl.rollout.tags import format_documents, truncate_text
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wiki18-sample-1000.jsonl"
 

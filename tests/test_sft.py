@@ -12,7 +12,7 @@ from lit_search_rl.data.sft import SFTDataModule
 from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.rollout.encoding import encode_prompt
-from lit_search_rl.rollout.protocol import INFO_CLOSE, INFO_OPEN
+from lit_search_rl.rollout.tags import INFO_CLOSE, INFO_OPEN
 from lit_search_rl.sft import masked_token_nll
 
 

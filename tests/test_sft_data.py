@@ -45,7 +45,10 @@ def test_copy_mask_marks_the_names_and_years_of_the_expert_text_only(world_dir: 
 
 def test_top_k_blocks_hold_what_bm25_returns_and_the_expert_passage(world_dir: Path, model_dir: Path) -> None:
     # Long enough that no trajectory is left out, so that both hold out the same questions.
-    gold, top3 = _module(world_dir, model_dir, max_length=4096), _module(world_dir, model_dir, top_k=3, max_length=4096)
+    gold, top3 = (
+        _module(world_dir, model_dir, max_length=4096),
+        _module(world_dir, model_dir, documents_per_query=3, max_length=4096),
+    )
 
     def documents(dm: SFTDataModule) -> int:
         return sum(dm.tokenizer.decode(e["input_ids"]).count("(Title: ") for e in dm.val_examples)

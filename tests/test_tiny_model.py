@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_search_rl.rollout.protocol import TAGS
+from lit_search_rl.rollout.tags import TAGS
 
 
 def test_loads_with_auto_classes_and_runs(model_dir: Path) -> None:

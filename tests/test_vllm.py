@@ -18,12 +18,12 @@ vllm = pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from lit_search_rl.callbacks.weight_sync import VLLMWeightSync, sync_weights  # noqa: E402
+from lit_search_rl.full_weights import iter_full_weights  # noqa: E402
 from lit_search_rl.policy import load_policy, load_tokenizer  # noqa: E402
 from lit_search_rl.rollout.encoding import encode_prompt  # noqa: E402
 from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
 from lit_search_rl.rollout.hf_engine import HFEngine  # noqa: E402
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine  # noqa: E402
-from lit_search_rl.rollout.weights import iter_full_weights  # noqa: E402
 from tests.test_grpo import fit  # noqa: E402
 
 QUESTIONS = [

@@ -3,7 +3,7 @@
 Without it a vLLM engine keeps sampling from the weights it loaded at start, and training goes
 on silently off-policy; so ``GRPOModule`` with ``engine: vllm`` refuses to fit without this
 callback. Weights stream one parameter at a time, gathered from FSDP shards and merged from LoRA
-adapters where needed (``lit_search_rl.rollout.weights``); the prefix cache is reset afterwards
+adapters where needed (``lit_search_rl.full_weights``); the prefix cache is reset afterwards
 because its keys and values came from the old weights.
 """
 
@@ -15,8 +15,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from lit_search_rl.full_weights import iter_full_weights
 from lit_search_rl.rollout.vllm_engine import VLLMEngine
-from lit_search_rl.rollout.weights import iter_full_weights
 
 
 def sync_weights(policy: nn.Module, engine: VLLMEngine) -> float:

@@ -2,7 +2,7 @@
 
 Retrieved passages inside a trajectory are masked out of the policy loss (the policy must learn
 to search and answer, not to write documents). Information blocks show the passage the expert reads
-(``top_k: 0``), or what the agent sees at run time: each query's top ``top_k`` passages from BM25 over
+(``documents_per_query: 0``), or what the agent sees at run time: each query's top ``documents_per_query`` passages from BM25 over
 the world's corpus (the expert's passage is among the top 3 for every query of the embedded world).
 
 With ``fresh_worlds`` every epoch trains on a newly generated world (the folder's settings, a new
@@ -87,12 +87,12 @@ def copy_mask(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment], n
 
 
 def expert_examples(
-    tokenizer: PreTrainedTokenizerBase, expert: ExpertSet, top_k: int, max_queries: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase, expert: ExpertSet, documents_per_query: int, max_queries: int, max_length: int
 ) -> tuple[list[dict], int]:
     """Token ids, loss mask, information mask and copy mask of each trajectory; also the number left out as
     longer than ``max_length``."""
-    if top_k > 0:
-        documents_for = retrieved_documents(InMemoryBM25(expert.corpus), top_k)
+    if documents_per_query > 0:
+        documents_for = retrieved_documents(InMemoryBM25(expert.corpus), documents_per_query)
     else:
         documents_for = gold_documents({row["id"]: row["contents"] for row in expert.corpus})
     examples, too_long = [], 0
@@ -163,8 +163,8 @@ class SFTDataModule(LightningDataModule):
         val_size: Trajectories of the folder held out to report validation loss and copy accuracy (with
             ``fresh_worlds``, the first ``val_size`` of the folder's trajectories, none of which is trained on).
         max_queries: Queries per search turn announced in the prompt.
-        top_k: Passages shown per expert query, from BM25 over the world's corpus, as the agent sees them at
-            run time (``rollout.top_k``); 0 shows only the passage the expert reads.
+        documents_per_query: Passages shown per expert query, from BM25 over the world's corpus, as the agent
+            sees them at run time (``rollout.documents_per_query``); 0 shows only the passage the expert reads.
         fresh_worlds: Train each epoch on the trajectories of a newly generated world with the folder's settings
             and a new seed, so that the model must copy rather than recall facts. Needs
             ``trainer.reload_dataloaders_every_n_epochs: 1``.
@@ -180,7 +180,7 @@ class SFTDataModule(LightningDataModule):
         max_length: int = 1024,
         val_size: int = 64,
         max_queries: int = 3,
-        top_k: int = 0,
+        documents_per_query: int = 0,
         fresh_worlds: bool = False,
         fresh_size: int = 1000,
         seed: int = 0,
@@ -188,8 +188,8 @@ class SFTDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1 (got {batch_size})")
-        if top_k < 0:
-            raise ValueError(f"data.top_k must not be negative (got {top_k})")
+        if documents_per_query < 0:
+            raise ValueError(f"data.documents_per_query must not be negative (got {documents_per_query})")
         if fresh_size < 1:
             raise ValueError(f"data.fresh_size must be at least 1 (got {fresh_size})")
         self.save_hyperparameters()
@@ -212,7 +212,9 @@ class SFTDataModule(LightningDataModule):
 
     def _examples(self, expert: ExpertSet) -> list[dict]:
         h = self.hparams
-        examples, too_long = expert_examples(self._tokenizer(), expert, h.top_k, h.max_queries, h.max_length)
+        examples, too_long = expert_examples(
+            self._tokenizer(), expert, h.documents_per_query, h.max_queries, h.max_length
+        )
         self.num_too_long += too_long
         return examples
 

@@ -31,6 +31,9 @@ class UpdateBatch:
     # (N, L-1) logprob of token t+1 at position t before the update; None: on-policy, the ratio is 1.
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None  # (N, L-1)
+    # (N, L-1) the rollout engine's logprob of token t+1 at position t on the model's own tokens (0 elsewhere);
+    # None when the engine gave none. Compared with pi_old's as train/rollout_probs_diff.
+    rollout_logprobs: torch.Tensor | None = None
     # Loss normalisers of the whole effective batch, over all ranks (None: this batch's own):
     # trainable tokens, and sequences with at least one trainable token.
     num_tokens: float | None = None
@@ -86,8 +89,20 @@ def make_update_batch(
     padded = {k: v.to(device) for k, v in pad_batch(local, pad_id).items()}
     return UpdateBatch(
         padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(device),
+        rollout_logprobs=_rollout_logprobs([trajectories[i] for i in rows], padding, padded["input_ids"].shape[1], device),
         num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world),
     )  # fmt: skip
+
+
+def _rollout_logprobs(trajectories: Sequence[Trajectory], padding: int, width: int, device) -> torch.Tensor | None:
+    """(n + padding, width - 1) engine logprobs placed where the update predicts each response token; or None."""
+    if any(t.logprobs is None for t in trajectories):
+        return None
+    values = torch.zeros((len(trajectories) + padding, width - 1))
+    for row, t in enumerate(trajectories):
+        start = len(t.prompt_ids) - 1  # position t predicts token t + 1: the first response token at prompt - 1
+        values[row, start : start + len(t.logprobs)] = torch.tensor(t.logprobs)
+    return values.to(device)
 
 
 def token_logprobs(model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -135,6 +150,8 @@ def accumulate_gradients(
     num_seqs = int((mask.sum(-1) > 0).sum()) if batch.num_seqs is None else batch.num_seqs
     norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": s.horizon}
     totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+    if batch.rollout_logprobs is not None:
+        totals["rollout_probs_diff"] = 0.0
     finite = True
     for i in range(0, n, s.micro_batch_size):
         rows = slice(i, min(n, i + s.micro_batch_size))
@@ -153,6 +170,11 @@ def accumulate_gradients(
         totals["loss"] += loss.item()
         totals["entropy"] += (entropy * mask[rows]).sum().item() / max(1, num_tokens)
         totals["clip_fraction"] += stats["clip_fraction"].item() * mask[rows].sum().item() / max(1, num_tokens)
+        if batch.rollout_logprobs is not None:
+            # How far the engine's token probabilities are from pi_old's (veRL's rollout_probs_diff): near 0
+            # for an exact engine, larger for one that samples in another precision or from stale weights.
+            gap = (old.exp() - batch.rollout_logprobs[rows].exp()).abs() * mask[rows]
+            totals["rollout_probs_diff"] += gap.sum().item() / max(1, num_tokens)
     return finite, totals
 
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from lit_search_rl.checks import require_at_least
 from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
 from lit_search_rl.io import atomic_output_dir, check_output_dir, read_jsonl
-from lit_search_rl.rollout.protocol import TAGS, user_prompt
+from lit_search_rl.rollout.tags import TAGS, user_prompt
 
 PAD, BOS_CHAT, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lit_search_rl.rollout.protocol import (
+from lit_search_rl.rollout.tags import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     INFO_CLOSE,

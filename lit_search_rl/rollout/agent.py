@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_search_rl.checks import require_at_least
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.engine import GenerationEngine
-from lit_search_rl.rollout.protocols import AgentProtocol, TagProtocol
+from lit_search_rl.rollout.protocols import PROTOCOLS, AgentProtocol
 
 FinishReason = Literal["answered", "max_turns", "length", "invalid"]
 
@@ -42,15 +42,20 @@ class RolloutConfig:
     """Tokens of one information block; longer blocks are cut (and counted)."""
     max_parallel_queries: int = 3
     """Queries the model may send in one turn; more are dropped (and counted)."""
-    top_k: int = 3
-    """Documents retrieved per query."""
+    documents_per_query: int = 3
+    """Documents retrieved per query (the retriever's top k; Search-R1's ``topk``)."""
     max_doc_chars: int | None = None
     """Characters of each document's text shown to the model; unset for whole passages."""
+    protocol: Literal["tag", "tool_call"] = "tag"
+    """How agent and environment talk: ``tag`` (Search-R1's ``<search>`` and ``<information>`` tags) or
+    ``tool_call`` (Qwen3's JSON tool calls and ``<tool_response>`` blocks)."""
 
     def validate(self) -> None:
         names = ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_information_tokens",
-                 "max_parallel_queries", "top_k")  # fmt: skip
+                 "max_parallel_queries", "documents_per_query")  # fmt: skip
         require_at_least(self, names, prefix="rollout.")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"rollout.protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
 
 
 @dataclass
@@ -123,7 +128,7 @@ class AgentLoop:
         retriever: answers the searches (one call per turn for the whole batch).
         tokenizer: encodes prompts and information blocks, decodes the model's text.
         config: limits and settings.
-        protocol: how agent and environment talk; the tag protocol by default.
+        protocol: how agent and environment talk; unset for the one ``config.protocol`` names.
         context_length: positions the model can attend to (``max_position_embeddings``); a trajectory ends as
             ``length`` there when that comes before ``max_total_tokens``. Unset: ``max_total_tokens`` alone.
     """
@@ -144,7 +149,7 @@ class AgentLoop:
             raise ValueError(f"context_length must be at least 1 (got {context_length})")
         self.max_length = min(self.config.max_total_tokens, context_length or self.config.max_total_tokens)
         """Prompt plus response tokens of a trajectory; reaching it ends the trajectory as ``length``."""
-        self.protocol = protocol or TagProtocol()
+        self.protocol = protocol or PROTOCOLS[self.config.protocol]()
         self._close_ids = tokenizer(self.protocol.observation_close, add_special_tokens=False)["input_ids"]
         self.stats = RolloutStats()
 
@@ -203,7 +208,7 @@ class AgentLoop:
         c = self.config
         flat = [q for _, queries in searches for q in queries]
         start = time.perf_counter()
-        results = self.retriever.search(flat, c.top_k)
+        results = self.retriever.search(flat, c.documents_per_query)
         self.stats.retrieve_seconds += time.perf_counter() - start
         self.stats.retriever_calls += 1
         position = 0

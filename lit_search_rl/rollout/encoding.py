@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_search_rl.rollout.protocol import user_prompt
+from lit_search_rl.rollout.tags import user_prompt
 
 
 def encode_messages(

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_search_rl.retrieval.base import Document
 from lit_search_rl.rollout import actions
 from lit_search_rl.rollout.encoding import encode_messages, encode_prompt
-from lit_search_rl.rollout.protocol import (
+from lit_search_rl.rollout.tags import (
     ANSWER_CLOSE,
     INFO_CLOSE,
     SEARCH_CLOSE,
@@ -151,3 +151,7 @@ class ToolCallProtocol(AgentProtocol):
     @property
     def observation_close(self) -> str:
         return "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
+PROTOCOLS: dict[str, type[AgentProtocol]] = {"tag": TagProtocol, "tool_call": ToolCallProtocol}
+"""The protocols ``rollout.protocol`` chooses from, by name."""

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lit_search_rl.full_weights import Weight
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
-from lit_search_rl.rollout.weights import Weight
 
 
 @dataclass

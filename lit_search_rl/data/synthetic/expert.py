@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from lit_search_rl.data.synthetic.questions import Search, Step
 from lit_search_rl.retrieval.base import Document, Retriever, split_contents
-from lit_search_rl.rollout.protocol import (
+from lit_search_rl.rollout.tags import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     THINK_CLOSE,

@@ -1,4 +1,4 @@
-"""Rewards and answer metrics: SQuAD normalisation, EM / F1 / cover-EM, the registry, torchmetrics state."""
+"""Rewards and answer metrics: SQuAD normalisation, EM / F1 / cover-EM, the registry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from lit_search_rl.metrics import F1, ExactMatch
 from lit_search_rl.rewards import (
     REWARDS,
     RewardError,
@@ -74,7 +73,7 @@ def none_reward(answer: str | None, golden_answers: list[str]) -> float:
 
 
 def test_reward_failures_name_the_reward_and_the_question() -> None:
-    name = "tests.test_rewards_metrics:raising_reward"
+    name = "tests.test_rewards:raising_reward"
     with pytest.raises(RewardError, match=f"^reward {name} raised ValueError on question q17: golden answers must not"):
         score_answer(raising_reward, name, "Paris", ["paris"], "q17")
     with pytest.raises(RewardError, match=r"^reward my:fn returned None on question q17 \(expected a number\)$"):
@@ -96,16 +95,3 @@ def test_a_non_finite_reward_is_an_error_or_an_explicit_zero() -> None:
     assert score_answer(lambda a, g: np.float32(0.5), "my:fn", "x", ["x"], "q4") == (0.5, False)
     assert score_answer(lambda a, g: torch.tensor(1.0), "my:fn", "x", ["x"], "q4") == (1.0, False)
     assert score_answer(exact_match, "em", "Paris", ["paris"], "q4") == (1.0, False)
-
-
-def test_metrics_accumulate_and_reset() -> None:
-    em, f1 = ExactMatch(), F1()
-    em.update(["Paris", "Rome", None], [["paris"], ["Milan"], ["x"]])
-    f1.update(["new york city"], [["new york"]])
-    assert em.compute().item() == pytest.approx(1 / 3)
-    assert f1.compute().item() == pytest.approx(0.8)
-    em.reset()
-    assert em.count.item() == 0
-    with pytest.raises(ValueError):
-        em.update(["a"], [])
-    assert isinstance(em.total, torch.Tensor)
