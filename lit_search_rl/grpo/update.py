@@ -89,7 +89,8 @@ def make_update_batch(
     padded = {k: v.to(device) for k, v in pad_batch(local, pad_id).items()}
     return UpdateBatch(
         padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(device),
-        rollout_logprobs=_rollout_logprobs([trajectories[i] for i in rows], padding, padded["input_ids"].shape[1], device),
+        rollout_logprobs=_rollout_logprobs([trajectories[i] for i in rows], padding, padded["input_ids"].shape[1],
+                                           device),
         num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world),
     )  # fmt: skip
 
