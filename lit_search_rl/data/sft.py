@@ -3,7 +3,8 @@
 Retrieved passages inside a trajectory are masked out of the policy loss (the policy must learn
 to search and answer, not to write documents). Information blocks show the passage the expert reads
 (``documents_per_query: 0``), or what the agent sees at run time: each query's top
-``documents_per_query`` passages from BM25 over the world's corpus (the expert's passage is among the top 3 for every query of the embedded world).
+``documents_per_query`` passages from BM25 over the world's corpus (the expert's passage is among
+the top 3 for every query of the embedded world).
 
 With ``fresh_worlds`` every epoch trains on a newly generated world (the folder's settings, a new
 seed): new entities, names and facts, so that memorising a fact never helps and the model can only
