@@ -28,7 +28,7 @@ def fit_args(run: Path, out: Path, engine: str, steps: int, seed: int) -> list[s
         "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--model.init_args.model={run / 'sft-model'}", f"--model.init_args.retriever={run / 'index'}",
         f"--model.init_args.export_dir={out / 'model'}", f"--model.init_args.sampling.seed={seed}",
-        "--model.init_args.learning_rate=5e-05", f"--model.init_args.engine={engine}",
+        "--model.init_args.optimizer.learning_rate=5e-05", f"--model.init_args.engine={engine}",
         f"--data.init_args.train={run / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
         "--data.init_args.val_sets=[]", "--data.init_args.test_sets=[]",
     ]  # fmt: skip

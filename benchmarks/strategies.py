@@ -61,7 +61,7 @@ def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int
         f"--trainer.val_check_interval={val_every}", "--trainer.callbacks+=lit_search_rl.callbacks.RolloutBudget",
         f"--trainer.callbacks.init_args.max_rollouts={budget}",
         f"--model.init_args.model={run / 'sft-model'}", f"--model.init_args.export_dir={out / 'model'}",
-        f"--model.init_args.sampling.seed={seed}", "--model.init_args.learning_rate=5e-5",
+        f"--model.init_args.sampling.seed={seed}", "--model.init_args.optimizer.learning_rate=5e-5",
         f"--model.init_args.batch_size={batch}", f"--model.init_args.oversample={oversample}",
         f"--data.init_args.strategy={strategy}",
         f"--data.init_args.recycled_weight={'null' if weight is None else weight}",

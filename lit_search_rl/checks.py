@@ -68,27 +68,46 @@ def _one_of(values: Mapping[str, Any], name: str, choices: Iterable[str], prefix
 
 
 def check_grpo_settings(values: Mapping[str, Any], prefix: str = "model.") -> None:
-    """The GRPO module's own settings: sizes, clipping, KL weight, reward name (nested configs check themselves)."""
+    """The GRPO module's own settings: sizes, update passes, reward name, and its ``loss`` and ``optimizer``
+    sections when they are given as mappings (the raw config; built ones check themselves)."""
     _at_least(values, ("group_size",), 2, prefix)
     _at_least(values, ("batch_size", "oversample", "micro_batch_size", "update_epochs"), 1, prefix)
-    _at_least(values, ("warmup_steps", "lora_rank"), 0, prefix)
+    _at_least(values, ("lora_rank",), 0, prefix)
     group, batch, micro = (_number(values, n, prefix, integer=True)
                            for n in ("group_size", "batch_size", "micro_batch_size"))  # fmt: skip
     if group is not None and batch is not None and micro is not None and (group * batch) % micro:
         raise ValueError(f"{prefix}micro_batch_size ({micro}) must divide group_size * batch_size "
                          f"({group * batch})")  # fmt: skip
-    for name in ("learning_rate", "weight_decay", "gradient_clip", "kl_coef", "clip_low", "clip_high", "clip_c"):
+    _check_reward(values.get("reward"), prefix)
+    for name, check in (("loss", check_loss_settings), ("optimizer", check_optimizer_settings)):
+        section = values.get(name)
+        if isinstance(section, Mapping):
+            check(section, f"{prefix}{name}.")
+
+
+def _finite(values: Mapping[str, Any], names: Iterable[str], prefix: str, negative: Iterable[str] = ()) -> None:
+    for name in names:
         value = _number(values, name, prefix)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{prefix}{name} must be a finite number (got {value})")
-        if value is not None and value < 0 and name != "clip_c":
+        if value is not None and value < 0 and name not in negative:
             raise ValueError(f"{prefix}{name} must not be negative (got {value})")
+
+
+def check_loss_settings(values: Mapping[str, Any], prefix: str = "model.loss.") -> None:
+    """The loss settings' numbers: clipping and the KL weight (``grpo.config.LossConfig``)."""
+    _finite(values, ("kl_coef", "clip_low", "clip_high", "clip_c"), prefix, negative=("clip_c",))
     clip_low, clip_c = _number(values, "clip_low", prefix), _number(values, "clip_c", prefix)
     if clip_low is not None and clip_low >= 1:
         raise ValueError(f"{prefix}clip_low must be in [0, 1) (got {clip_low})")
     if clip_c is not None and clip_c <= 1:
         raise ValueError(f"{prefix}clip_c must be above 1 (got {clip_c})")
-    _check_reward(values.get("reward"), prefix)
+
+
+def check_optimizer_settings(values: Mapping[str, Any], prefix: str = "model.optimizer.") -> None:
+    """The optimizer settings' numbers (``grpo.config.OptimizerConfig``)."""
+    _finite(values, ("learning_rate", "weight_decay", "gradient_clip"), prefix)
+    _at_least(values, ("warmup_steps",), 0, prefix)
 
 
 def _check_reward(name: Any, prefix: str) -> None:
@@ -121,18 +140,28 @@ SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
 """Checks by the class path a config names (jsonargparse also accepts the bare class name)."""
 
 
-RENAMED: dict[str, str] = {
-    "model.rollout.top_k": "model.rollout.documents_per_query",
-    "data.top_k": "data.documents_per_query",
+_LOSS_OPTIONS = ("advantage_scale", "loss_agg", "clip_low", "clip_high", "clip_c", "kl_coef", "kl_estimator")
+_OPTIMIZER_OPTIONS = ("learning_rate", "warmup_steps", "weight_decay", "gradient_clip")
+RENAMED: dict[str, dict[str, str]] = {
+    "GRPOModule": {
+        "rollout.top_k": "rollout.documents_per_query",
+        **{name: f"loss.{name}" for name in _LOSS_OPTIONS},
+        **{name: f"optimizer.{name}" for name in _OPTIMIZER_OPTIONS},
+    },
+    "SFTDataModule": {"top_k": "documents_per_query"},
 }
-"""Options that were renamed, by their old name: an old config gets one line naming the new one."""
+"""Options that were renamed, by class and old name: an old config gets one line naming the new one."""
 
 
-def check_renamed(keys: Iterable[str]) -> None:
-    """Refuse an option by an old name (``section.key`` as ``--section.key`` writes it), naming its new name."""
+def check_renamed(section: str, class_path: Any, keys: Iterable[str]) -> None:
+    """Refuse an option of ``section`` (``model`` or ``data``) by an old name, naming its new name.
+
+    ``keys`` are dotted as ``--section.key`` writes them, without the section (``rollout.top_k``).
+    """
+    renamed = RENAMED.get(class_path.rsplit(".", 1)[-1], {}) if isinstance(class_path, str) else {}
     for key in keys:
-        if key in RENAMED:
-            raise ValueError(f"{key} was renamed {RENAMED[key]}")
+        if key in renamed:
+            raise ValueError(f"{section}.{key} was renamed {section}.{renamed[key]}")
 
 
 def check_settings(section: str, class_path: Any, values: Mapping[str, Any]) -> None:

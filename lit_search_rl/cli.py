@@ -81,15 +81,15 @@ _SECTIONS = ("model", "data")
 _UNSURE = object()  # a section whose contents this reading cannot tell
 
 
-def _dotted(prefix: str, values: object) -> list[str]:
-    """The dotted keys of a nested mapping: ``{"rollout": {"top_k": 3}}`` under ``model`` is ``model.rollout.top_k``."""
+def _dotted(values: object, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested mapping: ``{"rollout": {"top_k": 3}}`` gives ``rollout`` and ``rollout.top_k``."""
     if not isinstance(values, dict):
         return []
     keys = []
     for key, value in values.items():
-        keys.append(f"{prefix}.{key}")
-        if key != "init_args" and isinstance(value, dict):
-            keys += _dotted(f"{prefix}.{key}", value.get("init_args", value))
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _dotted(value.get("init_args", value), f"{prefix}{key}.")
     return keys
 
 
@@ -115,7 +115,7 @@ def precheck(argv: Sequence[str]) -> None:
     # --print_config prints and exits inside LightningCLI before its own checks: the files are checked here.
     printing = any(a.startswith("--print_config") for a in args)
     sections: dict[str, dict | object] = {name: {"class_path": None, "init_args": {}} for name in _SECTIONS}
-    flagged: list[str] = []  # the options given as flags, as section.key
+    flagged: dict[str, list[str]] = {name: [] for name in _SECTIONS}  # the options given as flags, by section
     i = 0
     while i < len(args):
         flag, inline, value = args[i].partition("=")
@@ -135,14 +135,15 @@ def precheck(argv: Sequence[str]) -> None:
         elif flag.split(".", 1)[0].lstrip("-") in _SECTIONS and flag.startswith("--"):
             name, _, key = flag[2:].partition(".")
             key = key.removeprefix("init_args.")
-            flagged.append(f"{name}.{key}")
+            flagged[name].append(key)
             if not key or key in ("class_path", "dict_kwargs"):  # another class, or a file: follow no further
                 sections[name] = _UNSURE
-            elif "." not in key and sections[name] is not _UNSURE:  # nested keys are left to the config classes
-                sections[name]["init_args"][key] = _yaml_value(value)
+            elif sections[name] is not _UNSURE:  # a nested key (loss.clip_low) goes into its section's mapping
+                _set_nested(sections[name]["init_args"], key.replace(".init_args.", ".").split("."), _yaml_value(value))
         i += step
     known = {name: section for name, section in sections.items() if section is not _UNSURE}
-    check_renamed([*flagged, *(key for name, section in known.items() for key in _dotted(name, section["init_args"]))])
+    for name, section in known.items():
+        check_renamed(name, section["class_path"], [*flagged[name], *_dotted(section["init_args"])])
     if printing:  # it shows what was given, even a value training would refuse, but names a missing file
         for name, section in known.items():
             check_paths(name, section["init_args"], subcommand)
@@ -204,7 +205,24 @@ def _merge(sections: dict, name: str, given: object) -> None:
     if not isinstance(init_args, dict):
         sections[name] = _UNSURE
         return
-    section["init_args"].update({**extra, **init_args})
+    _deep_update(section["init_args"], {**extra, **init_args})
+
+
+def _set_nested(values: dict, path: list[str], value: object) -> None:
+    for key in path[:-1]:
+        if not isinstance(values.get(key), dict):
+            values[key] = {}
+        values = values[key]
+    values[path[-1]] = value
+
+
+def _deep_update(values: dict, given: dict) -> None:
+    """Apply ``given`` over ``values`` key by key, into nested mappings, as jsonargparse merges config files."""
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            _deep_update(values[key], value)
+        else:
+            values[key] = value
 
 
 def _is_number(text: str) -> bool:

@@ -34,6 +34,16 @@ EXPORT_INFO = "export_info.json"
 """File in the export folder naming the training step it holds and the checkpoint it belongs to."""
 
 
+def with_lora(model: PreTrainedModel, rank: int):
+    """``model`` wrapped by peft with LoRA adapters of ``rank`` on every linear layer (alpha 2 x rank)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("model.lora_rank > 0 needs the peft package: pip install 'lit-search-rl[lora]'") from e
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
 def export_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -15,7 +15,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from lit_search_rl.rollout.actions import extract_answer
 
@@ -160,3 +160,24 @@ def score_answer(
     given = "no answer" if answer is None else f"the answer {_shown(answer)}"
     raise RewardError(f"reward {name} returned {reward} on question {question_id} for {given} (expected a finite "
                       "number); set model.invalid_reward: zero to score such answers 0")  # fmt: skip
+
+
+def score_groups(
+    fn: RewardFn,
+    name: str,
+    groups: Sequence[Sequence[Any]],
+    questions: Sequence[Any],
+    invalid: InvalidReward = "error",
+) -> tuple[list[list[float]], int]:
+    """The reward of each trajectory's ``answer`` against its question's ``golden_answers``, grouped like
+    ``groups``, and how many were invalid rewards scored 0 (see ``score_answer``)."""
+    rewards, count = [], 0
+    for group, question in zip(groups, questions, strict=True):
+        row = []
+        for trajectory in group:
+            value, was_invalid = score_answer(fn, name, trajectory.answer, question.golden_answers, question.id,
+                                              invalid)  # fmt: skip
+            count += was_invalid
+            row.append(value)
+        rewards.append(row)
+    return rewards, count

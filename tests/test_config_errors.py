@@ -46,8 +46,10 @@ def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECY
         (["--model.init_args.micro_batch_size", "3"], ["model.micro_batch_size", "must divide", "16"]),
         (["--data.init_args.strategy", "foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo", "'foo'"]),
         (["--data.strategy=foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo"]),
-        (["--model.init_args.learning_rate", "abc"], ["model.learning_rate", "a number", "'abc'"]),
-        (["--model.learning_rate", "abc"], ["model.learning_rate", "a number"]),
+        (["--model.init_args.optimizer.learning_rate", "abc"], ["model.optimizer.learning_rate", "a number", "'abc'"]),
+        (["--model.optimizer.learning_rate", "abc"], ["model.optimizer.learning_rate", "a number"]),
+        (["--model.loss.clip_low=1.5"], ["model.loss.clip_low", "[0, 1)"]),
+        (["--model.learning_rate", "1e-5"], ["model.learning_rate was renamed model.optimizer.learning_rate"]),
         (["--data.init_args.recycled_weight", "-1"], ["data.recycled_weight", "[0, 1]", "-1"]),
         # a nested key or a flag without its value does not hide the other settings
         (["--model.init_args.rollout.max_turns", "5", "--model.group_size", "1"], ["model.group_size"]),

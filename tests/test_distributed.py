@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from lit_search_rl.distributed import balanced_rows, shard
 from lit_search_rl.grpo import GRPOModule
+from lit_search_rl.grpo.config import LossConfig
 from lit_search_rl.grpo.update import frozen_logprobs, make_update_batch
 from lit_search_rl.rollout.agent import Trajectory
 
@@ -50,7 +51,8 @@ def _groups(vocab: int) -> tuple[list[list[Trajectory]], list[list[float]], list
 
 
 def _gradient(model_dir: str, bm25_dir: str, agg: str) -> dict[str, torch.Tensor]:
-    m = GRPOModule(model=model_dir, retriever=bm25_dir, group_size=3, batch_size=3, micro_batch_size=1, loss_agg=agg)
+    m = GRPOModule(model=model_dir, retriever=bm25_dir, group_size=3, batch_size=3, micro_batch_size=1,
+                   loss=LossConfig(loss_agg=agg))  # fmt: skip
     m.configure_model()
     torch.manual_seed(1)
     groups, rewards, chosen = _groups(m.policy.config.vocab_size)
@@ -110,7 +112,7 @@ def test_two_process_fit_keeps_pools_identical_and_ranks_balanced(tmp_path: Path
         "--model.model", str(model_dir), "--model.retriever", str(bm25_dir), "--model.reward", "coin",
         "--model.group_size", "3", "--model.batch_size", "3", "--model.oversample", "2",
         "--model.micro_batch_size", "3", "--model.rollout.max_turns", "2",
-        "--model.rollout.max_new_tokens_per_turn", "8", "--model.learning_rate", "1e-3",
+        "--model.rollout.max_new_tokens_per_turn", "8", "--model.optimizer.learning_rate", "1e-3",
         "--model.export_dir", str(tmp_path / "export"), "--data.train", str(world_dir / "train.jsonl"),
         "--data.val_sets", "[]", "--data.test_sets", "[]",
     ]  # fmt: skip

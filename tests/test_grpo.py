@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_search_rl.grpo import GRPOModule, UpdateBatch
+from lit_search_rl.grpo.config import LossConfig, OptimizerConfig
 from lit_search_rl.grpo.losses import group_advantages
 from lit_search_rl.grpo.update import frozen_logprobs, make_update_batch
 from lit_search_rl.lightning_cli import SearchRLCLI
@@ -28,11 +29,13 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
     [
         ({"group_size": 1}, "model.group_size"),
         ({"group_size": 4, "batch_size": 3, "micro_batch_size": 5}, "model.micro_batch_size"),
-        ({"loss_agg": "sum"}, "model.loss_agg"),
+        ({"loss": LossConfig(loss_agg="sum")}, "model.loss.loss_agg"),
         ({"reward": "bleu"}, "unknown reward 'bleu'"),
-        ({"clip_low": 1.5}, "model.clip_low"),
-        ({"clip_c": 0.5}, "model.clip_c"),
-        ({"kl_estimator": "k9"}, "model.kl_estimator"),
+        ({"loss": LossConfig(clip_low=1.5)}, "model.loss.clip_low"),
+        ({"loss": LossConfig(clip_c=0.5)}, "model.loss.clip_c"),
+        ({"loss": LossConfig(kl_estimator="k9")}, "model.loss.kl_estimator"),
+        ({"loss": LossConfig(advantage_scale="rank")}, "model.loss.advantage_scale must be one of group, batch, none"),
+        ({"optimizer": OptimizerConfig(learning_rate=float("nan"))}, "model.optimizer.learning_rate"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
@@ -100,7 +103,7 @@ def grads(m: GRPOModule) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8, loss_agg=agg)
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8, loss=LossConfig(loss_agg=agg))
     m.configure_model()
     batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
     m.accumulate_gradients(batch)
@@ -117,7 +120,7 @@ def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path,
 def test_a_fully_masked_row_changes_no_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
     # A row without a trainable token (a filler row of data parallelism, an empty response) is not a
     # sequence of the seq-mean: adding one leaves the loss and gradient as they were.
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4, loss_agg=agg)
+    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4, loss=LossConfig(loss_agg=agg))
     m.configure_model()
     batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
     _, before = m.accumulate_gradients(batch)

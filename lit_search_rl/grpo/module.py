@@ -34,12 +34,11 @@ from lit_search_rl.data.query_sampler import QuerySampler
 from lit_search_rl.distributed import all_ranks_true, sum_over_ranks
 from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation
 from lit_search_rl.fsdp import shard_policy
+from lit_search_rl.grpo.config import LossConfig, OptimizerConfig
 from lit_search_rl.grpo.evaluation import EvaluatesAgent
-from lit_search_rl.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_KINDS, POLICY_LOSSES, Aggregation, KLKind
 from lit_search_rl.grpo.rollouts import ENGINES, RolloutRunner, step_sampling
 from lit_search_rl.grpo.step_metrics import rollout_metrics, time_metrics
 from lit_search_rl.grpo.update import (
-    LossSettings,
     UpdateBatch,
     accumulate_gradients,
     frozen_logprobs,
@@ -47,8 +46,8 @@ from lit_search_rl.grpo.update import (
     make_update_batch,
     token_logprobs,
 )
-from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
-from lit_search_rl.rewards import INVALID_REWARDS, InvalidReward, get_reward, score_answer
+from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer, with_lora
+from lit_search_rl.rewards import INVALID_REWARDS, InvalidReward, get_reward, score_groups
 from lit_search_rl.rollout.agent import RolloutConfig, Trajectory
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
@@ -70,18 +69,8 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         reward: Reward name from the registry (``em``, ``f1``, ``cover_em``), or ``module:function`` of your own.
         invalid_reward: What a NaN or infinite reward does: ``error`` stops training with a message naming the
             question and the answer; ``zero`` scores it 0 and counts it in ``train/invalid_rewards``.
-        advantage_scale: A registered advantage estimator: ``group`` (GRPO), ``batch``, or ``none`` (Dr. GRPO).
-        policy_loss: A registered policy loss: ``ppo_clip`` (the clipped surrogate, with clip-higher and dual clip).
-        loss_agg: Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm.
-        clip_low: Lower clip of the ratio, 1 - clip_low.
-        clip_high: Upper clip of the ratio, 1 + clip_high (DAPO clip-higher: above clip_low).
-        clip_c: Dual-clip bound for negative advantages (> 1), or unset.
-        kl_coef: Weight of the KL penalty to the frozen reference policy; 0 loads no reference model.
-        kl_estimator: KL estimator: k1, k2 or k3.
-        learning_rate: Peak AdamW learning rate.
-        warmup_steps: Optimizer steps of linear warm-up.
-        weight_decay: AdamW weight decay.
-        gradient_clip: Maximum gradient norm; 0 turns clipping off.
+        loss: Advantage estimator, policy loss, aggregation, clipping and KL penalty (``LossConfig``).
+        optimizer: Learning rate, warm-up, weight decay and gradient clipping (``OptimizerConfig``).
         micro_batch_size: Trajectories per forward/backward; must divide ``group_size * batch_size``.
         update_epochs: Passes over each effective batch, with the old logprobs kept from before the first.
             One pass is on-policy (ratio 1), so it needs no separate old-logprob forward.
@@ -108,18 +97,8 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         oversample: int = 1,
         reward: str = "em",
         invalid_reward: InvalidReward = "error",
-        advantage_scale: str = "group",
-        policy_loss: str = "ppo_clip",
-        loss_agg: Aggregation = "token-mean",
-        clip_low: float = 0.2,
-        clip_high: float = 0.2,
-        clip_c: float | None = None,
-        kl_coef: float = 0.0,
-        kl_estimator: KLKind = "k3",
-        learning_rate: float = 1e-6,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        gradient_clip: float = 1.0,
+        loss: LossConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
         micro_batch_size: int = 8,
         update_epochs: int = 1,
         gradient_checkpointing: bool = False,
@@ -133,6 +112,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.loss_config, self.optimizer_config = loss or LossConfig(), optimizer or OptimizerConfig()
         self.rollout_config = rollout or RolloutConfig()
         self.sampling = sampling or SamplingConfig()
         self.vllm_config = vllm or VLLMConfig()
@@ -152,12 +132,12 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
 
     def _check_settings(self) -> None:
         h = self.hparams
-        check_grpo_settings(h)  # sizes, clipping, KL weight, reward: also run on the raw config before imports
-        choices_of = {"loss_agg": AGGREGATIONS, "kl_estimator": KL_KINDS, "invalid_reward": INVALID_REWARDS,
-                      "engine": ENGINES, "advantage_scale": ADVANTAGES, "policy_loss": POLICY_LOSSES}  # fmt: skip
-        for name, choices in choices_of.items():
+        check_grpo_settings(h)  # sizes, update passes, reward: also run on the raw config before imports
+        for name, choices in (("invalid_reward", INVALID_REWARDS), ("engine", ENGINES)):
             if h[name] not in choices:
                 raise ValueError(f"model.{name} must be one of {', '.join(choices)} (got {h[name]!r})")
+        self.loss_config.validate()
+        self.optimizer_config.validate()
         self.rollout_config.validate()
         self.sampling.validate()
         if h.engine == "vllm":
@@ -182,10 +162,10 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         if self.policy is not None:
             return
         self.policy = load_policy(self.hparams.model, self.hparams.dtype)
-        if self.hparams.kl_coef > 0:
+        if self.loss_config.kl_coef > 0:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.hparams.lora_rank > 0:
-            self.policy = _with_lora(self.policy, self.hparams.lora_rank)
+            self.policy = with_lora(self.policy, self.hparams.lora_rank)
         if self.hparams.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
@@ -199,8 +179,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         if self.hparams.engine == "vllm" and self.runner.vllm is None:
             self._require_weight_sync(stage)
             # After the strategy set up the process group: each rank gets its own colocated engine.
-            self.runner.vllm = VLLMEngine(self.hparams.model, self.vllm_config,
-                                          max_model_len=self.rollout_config.max_total_tokens)  # fmt: skip
+            self.runner.start_vllm(self.vllm_config)
         if self.retriever is None:  # a RetrieverService callback may have set it already
             if self.hparams.retriever is None:
                 raise ValueError("model.retriever is not set and no RetrieverService callback provides one")
@@ -221,11 +200,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             self.retriever = None
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
-        warmup = self.hparams.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.optimizer_config.build(p for p in self.policy.parameters() if p.requires_grad)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         return batch  # step numbers and question records stay on the host; only update tensors go to the device
@@ -245,7 +220,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         if chosen:
             with self.timer("update_batch"):
                 batch = make_update_batch(groups, rewards, chosen, self.tokenizer.pad_token_id,
-                                          self.hparams.advantage_scale, self.device)  # fmt: skip
+                                          self.loss_config.advantage_scale, self.device)  # fmt: skip
             self.update(batch)
         self.log_dict(time_metrics(time.perf_counter() - start, self.timer))
 
@@ -301,16 +276,10 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         reward and the question; a non-finite one too, or is scored 0 and counted with
         ``invalid_reward: zero``. Raising here, before any pool report, leaves the drawn queries active.
         """
-        h, rewards = self.hparams, []
         with self.timer("reward"):
-            for group, q in zip(groups, questions, strict=True):
-                row = []
-                for t in group:
-                    value, invalid = score_answer(self.reward_fn, h.reward, t.answer, q.golden_answers, q.id,
-                                                  h.invalid_reward)  # fmt: skip
-                    self.step_invalid_rewards += invalid
-                    row.append(value)
-                rewards.append(row)
+            rewards, invalid = score_groups(self.reward_fn, self.hparams.reward, groups, questions,
+                                            self.hparams.invalid_reward)  # fmt: skip
+        self.step_invalid_rewards += invalid
         return rewards
 
     def update(self, batch: UpdateBatch) -> None:
@@ -335,8 +304,8 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
                 self.skipped_steps += 1
                 continue
             with self.timer("optimizer"):
-                if self.hparams.gradient_clip > 0:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip,
+                if self.optimizer_config.gradient_clip > 0:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.optimizer_config.gradient_clip,
                                         gradient_clip_algorithm="norm")  # fmt: skip
                 optimizer.step()
                 scheduler.step()
@@ -347,11 +316,10 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
 
     def accumulate_gradients(self, batch: UpdateBatch) -> tuple[bool, dict[str, float]]:
         """Micro-batched backward of the batch's loss with this module's settings; statistics summed over ranks."""
-        h = self.hparams
-        settings = LossSettings(h.policy_loss, h.loss_agg, h.clip_low, h.clip_high, h.clip_c, h.kl_coef,
-                                h.kl_estimator, h.micro_batch_size, self.rollout_config.max_total_tokens)  # fmt: skip
         backward = torch.Tensor.backward if self._trainer is None else self.manual_backward
-        finite, totals = accumulate_gradients(self.policy, batch, settings, backward, self.token_logprobs)
+        horizon = self.rollout_config.max_total_tokens
+        finite, totals = accumulate_gradients(self.policy, batch, self.loss_config, self.hparams.micro_batch_size,
+                                              horizon, backward, self.token_logprobs)  # fmt: skip
         return finite, sum_over_ranks(totals)
 
     def token_logprobs(self, model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -373,12 +341,3 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         # batch, not optimizer step: a step without signal takes no optimizer step, and must not replay
         # the previous step's sampling noise. Lightning keeps this count only as a private attribute.
         return self.trainer.fit_loop.epoch_loop._batches_that_stepped
-
-
-def _with_lora(model, rank: int):
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:
-        raise ImportError("model.lora_rank > 0 needs the peft package: pip install 'lit-search-rl[lora]'") from e
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
-    return get_peft_model(model, config)

@@ -22,7 +22,7 @@ from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, co
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
-from lit_search_rl.rollout.vllm_engine import VLLMEngine
+from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 from lit_search_rl.timing import PhaseTimer
 
 ENGINES = ("torch", "hf", "vllm")
@@ -56,6 +56,10 @@ class RolloutRunner:
         self.retriever: Retriever | None = None
         self._copy: torch.nn.Module | None = None  # generates for a sharded policy (torch, hf engines)
         self._told_fallback = False  # the torch engine's fallback notice is given once
+
+    def start_vllm(self, config: VLLMConfig) -> None:
+        """Start the colocated vLLM engine of this rank (after the process group is set up)."""
+        self.vllm = VLLMEngine(self.model, config, max_model_len=self.config.max_total_tokens)
 
     def run(self, policy: torch.nn.Module, questions: list[QARecord], k: int,
             sampling: SamplingOf) -> list[list[Trajectory]]:  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lit_search_rl.distributed import balanced_rows, rank_and_world
+from lit_search_rl.grpo.config import LossConfig
 from lit_search_rl.grpo.losses import POLICY_LOSSES, aggregate, group_advantages, kl_penalty, token_entropy
 from lit_search_rl.rollout.agent import Trajectory
 from lit_search_rl.rollout.encoding import pad_batch
@@ -41,21 +42,6 @@ class UpdateBatch:
     # Data-parallel gradients are averaged over ranks; each rank's loss is scaled back up so the
     # averaged gradient is the gradient of the whole batch's loss.
     loss_scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    """The settings of the update's loss, as the module's config names them (see ``GRPOModule``)."""
-
-    policy_loss: str = "ppo_clip"
-    loss_agg: str = "token-mean"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_c: float | None = None
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    micro_batch_size: int = 8
-    horizon: int = 2048  # the fixed length of seq-mean-token-sum-norm: the rollout's max_total_tokens
 
 
 def make_update_batch(
@@ -134,7 +120,9 @@ def frozen_logprobs(model, batch: UpdateBatch, micro_batch_size: int, logprobs_o
 def accumulate_gradients(
     policy,
     batch: UpdateBatch,
-    settings: LossSettings,
+    loss_config: LossConfig,
+    micro_batch_size: int,
+    horizon: int,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     logprobs_of: LogprobFn = token_logprobs,
 ) -> tuple[bool, dict[str, float]]:
@@ -142,20 +130,21 @@ def accumulate_gradients(
 
     A non-finite micro-batch loss still goes through ``backward``: every rank must run the same
     backward passes, since each one all-reduces gradients; the non-finite gradient then makes the
-    step skip. Statistics are this rank's; the caller sums them over ranks.
+    step skip. Statistics are this rank's; the caller sums them over ranks. ``horizon`` is the fixed length
+    of ``seq-mean-token-sum-norm`` (the rollout's ``max_total_tokens``).
     """
-    s = settings
+    s = loss_config
     n = batch.input_ids.shape[0]
     mask = batch.loss_mask[:, 1:]  # (N, L-1): token t+1 is predicted at position t
     num_tokens = mask.sum().item() if batch.num_tokens is None else batch.num_tokens
     num_seqs = int((mask.sum(-1) > 0).sum()) if batch.num_seqs is None else batch.num_seqs
-    norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": s.horizon}
+    norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": horizon}
     totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
     if batch.rollout_logprobs is not None:
         totals["rollout_probs_diff"] = 0.0
     finite = True
-    for i in range(0, n, s.micro_batch_size):
-        rows = slice(i, min(n, i + s.micro_batch_size))
+    for i in range(0, n, micro_batch_size):
+        rows = slice(i, min(n, i + micro_batch_size))
         logprobs, entropy = logprobs_of(policy, batch, rows)
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
         loss, stats = POLICY_LOSSES[s.policy_loss](logprobs, old, batch.advantages[rows], mask[rows],

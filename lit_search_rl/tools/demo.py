@@ -146,7 +146,7 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
         f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--model.init_args.model={out / 'sft-model'}", f"--model.init_args.retriever={out / 'index'}",
         f"--model.init_args.export_dir={out / 'grpo-recycle-model'}", f"--model.init_args.sampling.seed={seed}",
-        f"--model.init_args.learning_rate={settings.grpo_learning_rate}",
+        f"--model.init_args.optimizer.learning_rate={settings.grpo_learning_rate}",
         f"--data.init_args.train={out / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
         "--data.init_args.val_sets=[" + ", ".join(_eval_sets(out / "world", "val")) + "]",
         "--data.init_args.test_sets=[]",

@@ -1,0 +1,77 @@
+"""The GRPO module's settings that travel together: the loss and the optimizer, as documented dataclasses.
+
+Each validates itself once, where it is defined, with errors that name the option as a config
+file writes it (``model.loss.clip_low``). The same numeric checks run on the raw config before
+any heavy import (``checks.check_grpo_settings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from lit_search_rl.checks import check_loss_settings, check_optimizer_settings
+
+
+@dataclass
+class LossConfig:
+    """How rewards become advantages and advantages a loss (veRL's names where they exist)."""
+
+    advantage_scale: str = "group"
+    """A registered advantage estimator: ``group`` (GRPO: the group's std), ``batch`` (the batch's std),
+    ``none`` (Dr. GRPO: the group mean subtracted only), or one of your own (``grpo.losses.register_advantage``)."""
+    policy_loss: str = "ppo_clip"
+    """A registered policy loss: ``ppo_clip`` (the clipped surrogate, with clip-higher and dual clip), or one of
+    your own (``grpo.losses.register_policy_loss``)."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
+    """How token losses become one number: over all tokens, or per sequence first (seq-mean-token-sum-norm
+    divides by ``rollout.max_total_tokens``, Dr. GRPO's constant)."""
+    clip_low: float = 0.2
+    """Lower clip of the ratio, 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip of the ratio, 1 + clip_high (DAPO's clip-higher: above clip_low, 0.28 in the paper)."""
+    clip_c: float | None = None
+    """Dual-clip bound for negative advantages (above 1, veRL's clip_ratio_c), or unset."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen reference policy; 0 loads no reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator: k1 (log-ratio), k2 (half its square) or k3 (the low-variance one, never negative)."""
+
+    def validate(self, prefix: str = "model.loss.") -> None:
+        from lit_search_rl.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_KINDS, POLICY_LOSSES
+
+        check_loss_settings(asdict(self), prefix)
+        choices = {"advantage_scale": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_agg": AGGREGATIONS,
+                   "kl_estimator": KL_KINDS}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{prefix}{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up to a constant learning rate, and gradient clipping."""
+
+    learning_rate: float = 1e-6
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    gradient_clip: float = 1.0
+    """Maximum gradient norm; 0 turns clipping off."""
+
+    def validate(self, prefix: str = "model.optimizer.") -> None:
+        check_optimizer_settings(asdict(self), prefix)
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> dict:
+        """AdamW over ``params`` and its warm-up schedule, as Lightning's ``configure_optimizers`` returns them."""
+        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        warmup = max(1, self.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
