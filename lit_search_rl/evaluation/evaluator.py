@@ -52,12 +52,12 @@ class EvalConfig:
 
     def validate(self) -> None:
         if self.n_samples < 0:
-            raise ValueError(f"evaluation.n_samples must not be negative (got {self.n_samples})")
+            raise ValueError(f"model.evaluation.n_samples must not be negative (got {self.n_samples})")
         bad = [k for k in self.ks if not 2 <= k <= self.n_samples]
         if bad:
-            raise ValueError(f"evaluation.ks must lie in [2, n_samples={self.n_samples}] (got {bad})")
+            raise ValueError(f"model.evaluation.ks must lie in [2, n_samples={self.n_samples}] (got {bad})")
         if self.temperature <= 0 and self.n_samples:
-            raise ValueError("evaluation.temperature must be positive for sampled rollouts")
+            raise ValueError("model.evaluation.temperature must be positive for sampled rollouts")
 
 
 class QAEvaluation:

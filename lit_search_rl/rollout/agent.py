@@ -53,9 +53,9 @@ class RolloutConfig:
     def validate(self) -> None:
         names = ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_information_tokens",
                  "max_parallel_queries", "documents_per_query")  # fmt: skip
-        require_at_least(self, names, prefix="rollout.")
+        require_at_least(self, names, prefix="model.rollout.")
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"rollout.protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
+            raise ValueError(f"model.rollout.protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
 
 
 @dataclass

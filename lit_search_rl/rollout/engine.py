@@ -28,11 +28,11 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature must not be negative (got {self.temperature})")
+            raise ValueError(f"model.sampling.temperature must not be negative (got {self.temperature})")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p})")
+            raise ValueError(f"model.sampling.top_p must be in (0, 1] (got {self.top_p})")
         if self.top_k < 0:
-            raise ValueError(f"top_k must not be negative (got {self.top_k})")
+            raise ValueError(f"model.sampling.top_k must not be negative (got {self.top_k})")
 
 
 @dataclass

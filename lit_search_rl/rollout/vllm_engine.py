@@ -52,11 +52,11 @@ class VLLMConfig:
 
     def validate(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"vllm.gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+            raise ValueError(f"model.vllm.gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.max_model_len is not None and self.max_model_len < 1:
-            raise ValueError(f"vllm.max_model_len must be positive (got {self.max_model_len})")
+            raise ValueError(f"model.vllm.max_model_len must be positive (got {self.max_model_len})")
         if self.max_num_seqs < 1:
-            raise ValueError(f"vllm.max_num_seqs must be at least 1 (got {self.max_num_seqs})")
+            raise ValueError(f"model.vllm.max_num_seqs must be at least 1 (got {self.max_num_seqs})")
 
 
 def _breaks_kernel_scan(value: Any) -> bool:
