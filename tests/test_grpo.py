@@ -369,3 +369,13 @@ def test_rollout_budget_stops_training_at_the_step_that_crosses_it(tmp_path: Pat
     assert budget.total == 16  # 4 candidates x 2 rollouts per step: the second step crosses 9
     assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
     assert float(cli.trainer.callback_metrics["train/rollouts_total"]) == 16.0
+
+
+def test_training_without_a_query_sampler_is_refused_naming_the_data_module(model_dir: Path, bm25_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    m = module(model_dir, bm25_dir)
+    m._trainer = SimpleNamespace(datamodule=SimpleNamespace())
+    with pytest.raises(TypeError, match="needs a data module with a QuerySampler .RecyclingDataModule.; "
+                                        "SimpleNamespace has none"):  # fmt: skip
+        m.sample()
