@@ -54,12 +54,6 @@ def _stand_in_files(folder: Path, recipe: str, world_dir: Path, model_dir: Path,
     _search_r1_parquet(world_dir, folder / "data" / "searchr1" / "test.parquet")
 
 
-def test_there_are_recipes_for_both_model_sizes() -> None:
-    names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
-    for size in ("qwen3-1.7b", "qwen3-4b"):
-        assert {f"{size}/{stage}" for stage in ("sft", "recycle", "grpo", "bounded-dapo")} <= names
-
-
 @pytest.mark.parametrize("config", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_dry_run_builds_everything_but_the_gpu_parts(config: Path, tmp_path: Path, world_dir: Path,
                                                             model_dir: Path, bm25_dir: Path,

@@ -60,8 +60,22 @@ def test_every_init_argument_has_a_documented_help_line(flag: str, cls: type) ->
         assert len(block.split("(type:")[0].split(maxsplit=1)) == 2, f"{option} has no description"
 
 
-def test_there_are_configs() -> None:
-    assert any(c.name == "sft.yaml" for c in CONFIGS)
+SYNTHETIC_STRATEGIES = {  # config: (data.strategy, model.oversample) its name and header promise
+    "grpo": ("grpo", 1),
+    "grpo-recycle": ("recycle", 2),
+    "grpo-smollm2": ("recycle", 2),
+    "dapo": ("dapo", 1),
+    "bounded-dapo": ("bounded_dapo", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_STRATEGIES))
+def test_each_grpo_config_runs_the_strategy_it_is_named_after(name: str) -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "synthetic" / f"{name}.yaml").read_text())
+    data, model = config["data"]["init_args"], config["model"]["init_args"]
+    assert (data.get("strategy", "recycle"), model.get("oversample", 1)) == SYNTHETIC_STRATEGIES[name]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
