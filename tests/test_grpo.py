@@ -11,11 +11,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_search_rl.grpo import GRPOModule, UpdateBatch
+from lit_search_rl.grpo import GRPOModule
 from lit_search_rl.grpo.config import LossConfig, OptimizerConfig
-from lit_search_rl.grpo.losses import group_advantages
-from lit_search_rl.grpo.update import frozen_logprobs, make_update_batch
 from lit_search_rl.lightning_cli import SearchRLCLI
+from tests.test_grpo_update import random_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,112 +79,6 @@ def test_score_names_the_reward_and_the_question(model_dir: Path, bm25_dir: Path
     assert m.step_invalid_rewards == 1
     with pytest.raises(ValueError, match="model.invalid_reward must be one of error, zero"):
         module(model_dir, bm25_dir, invalid_reward="skip")
-
-
-def random_batch(m: GRPOModule, groups: list[list[float]], width: int = 12) -> UpdateBatch:
-    torch.manual_seed(0)
-    n = sum(len(g) for g in groups)
-    vocab = m.policy.config.vocab_size
-    input_ids = torch.randint(3, vocab, (n, width))
-    loss_mask = torch.zeros(n, width, dtype=torch.long)
-    loss_mask[:, 5:] = 1
-    loss_mask[::3, 9:] = 0  # ragged responses
-    rewards = torch.tensor([r for g in groups for r in g])
-    ids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
-    batch = UpdateBatch(input_ids, torch.ones_like(input_ids), loss_mask, group_advantages(rewards, ids))
-    batch.old_logprobs = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size) + 0.05 * torch.randn(n, width - 1)
-    return batch
-
-
-def grads(m: GRPOModule) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
-
-
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_micro_batching_gives_the_same_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8, loss=LossConfig(loss_agg=agg))
-    m.configure_model()
-    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
-    m.accumulate_gradients(batch)
-    whole = grads(m)
-    for micro in (1, 2, 4):
-        m.policy.zero_grad(set_to_none=True)
-        m.hparams.micro_batch_size = micro
-        m.accumulate_gradients(batch)
-        for name, g in grads(m).items():
-            assert torch.allclose(g, whole[name], atol=1e-6, rtol=1e-4), (micro, name)
-
-
-@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
-def test_a_fully_masked_row_changes_no_gradient(model_dir: Path, bm25_dir: Path, agg: str) -> None:
-    # A row without a trainable token (a filler row of data parallelism, an empty response) is not a
-    # sequence of the seq-mean: adding one leaves the loss and gradient as they were.
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4, loss=LossConfig(loss_agg=agg))
-    m.configure_model()
-    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
-    _, before = m.accumulate_gradients(batch)
-    without = grads(m)
-    m.policy.zero_grad(set_to_none=True)
-    padded = UpdateBatch(torch.cat([batch.input_ids, batch.input_ids[:1]]),
-                         torch.cat([batch.attention_mask, batch.attention_mask[:1]]),
-                         torch.cat([batch.loss_mask, torch.zeros_like(batch.loss_mask[:1])]),
-                         torch.cat([batch.advantages, torch.ones(1)]),
-                         torch.cat([batch.old_logprobs, batch.old_logprobs[:1]]))  # fmt: skip
-    _, after = m.accumulate_gradients(padded)
-    assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
-    for name, g in grads(m).items():
-        assert torch.allclose(g, without[name], atol=1e-7, rtol=1e-5), name
-
-
-def test_update_batch_counts_only_sequences_with_trainable_tokens(model_dir: Path, bm25_dir: Path) -> None:
-    from lit_search_rl.rollout.agent import Trajectory
-
-    m = module(model_dir, bm25_dir, group_size=2, batch_size=2, micro_batch_size=2)
-    groups = [[Trajectory([5, 6], [7, 8], [1, 1]), Trajectory([5, 6], [9], [0])],  # the second: nothing trainable
-              [Trajectory([5], [7, 8, 9], [1, 0, 1]), Trajectory([5], [8], [1])]]  # fmt: skip
-    batch = make_update_batch(groups, [[1.0, 0.0], [0.0, 1.0]], [0, 1], m.tokenizer.pad_token_id)
-    assert batch.num_seqs == 3 and batch.num_tokens == 5.0
-
-
-def test_on_policy_pass_equals_a_frozen_old_logprob_pass(model_dir: Path, bm25_dir: Path) -> None:
-    # One update pass uses the training forward's own detached logprobs as pi_old: the same gradient
-    # as logprobs from a separate no-grad forward, without running that forward.
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=4)
-    m.configure_model()
-    batch = random_batch(m, [[1, 0, 0, 1], [0, 1, 1, 1]])
-    batch.old_logprobs = frozen_logprobs(m.policy, batch, m.hparams.micro_batch_size)
-    m.accumulate_gradients(batch)
-    frozen = grads(m)
-    m.policy.zero_grad(set_to_none=True)
-    batch.old_logprobs = None
-    m.accumulate_gradients(batch)
-    for name, g in grads(m).items():
-        assert torch.allclose(g, frozen[name], atol=1e-7, rtol=1e-5), name
-
-
-def test_zero_variance_groups_add_exactly_nothing(model_dir: Path, bm25_dir: Path) -> None:
-    m = module(model_dir, bm25_dir, group_size=4, batch_size=2, micro_batch_size=8)
-    m.configure_model()
-    with_flat = random_batch(m, [[1, 0, 0, 1], [1, 1, 1, 1]])
-    m.accumulate_gradients(with_flat)
-    both = grads(m)
-    # The zero-variance group's own gradient is exactly zero.
-    m.policy.zero_grad(set_to_none=True)
-    only_flat = UpdateBatch(with_flat.input_ids[4:], with_flat.attention_mask[4:], with_flat.loss_mask[4:],
-                            with_flat.advantages[4:], with_flat.old_logprobs[4:])  # fmt: skip
-    m.accumulate_gradients(only_flat)
-    assert all((g == 0).all() for g in grads(m).values())
-    assert any((g != 0).any() for g in both.values())
-
-
-def test_masked_tokens_get_no_gradient(model_dir: Path, bm25_dir: Path) -> None:
-    m = module(model_dir, bm25_dir, group_size=2, batch_size=1, micro_batch_size=2)
-    m.configure_model()
-    batch = random_batch(m, [[1, 0]], width=10)
-    batch.loss_mask[:, :] = 0
-    finite, totals = m.accumulate_gradients(batch)
-    assert finite and totals["loss"] == 0.0
-    assert all((g == 0).all() for g in grads(m).values())
 
 
 def fit_args(
@@ -321,7 +214,7 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path: Path, mo
     m.configure_model()
     trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    batch = random_batch(m, [[1, 0]], width=10)
+    batch = random_batch(m.policy, [[1, 0]], width=10)
     m.accumulate_gradients(batch)
     assert all(p.grad is None for n, p in m.policy.named_parameters() if "lora_" not in n)
     m.export()
