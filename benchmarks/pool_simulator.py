@@ -1,4 +1,4 @@
-"""Pool simulator: every sampling strategy at the paper's scale, with no model.
+"""Pool simulator: every query strategy at the paper's scale, with no model.
 
 Run: ``.venv/bin/python benchmarks/pool_simulator.py`` (seconds).
 

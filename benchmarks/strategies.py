@@ -1,4 +1,4 @@
-"""Sampling strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO.
+"""Query strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO.
 
 Run after ``make demo`` (it trains from the demo's SFT checkpoint, world and index):
 

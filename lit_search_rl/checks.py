@@ -33,7 +33,7 @@ def require_at_least(config: Any, names: Iterable[str], low: int = 1, prefix: st
 # are present and of the expected kind, the rest is left to jsonargparse's type checks.
 
 STRATEGY_NAMES = ("recycle", "grpo", "dapo", "bounded_dapo")
-"""The sampling strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
+"""The query strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
 
 
 def _number(values: Mapping[str, Any], name: str, prefix: str, integer: bool = False) -> float | None:

@@ -1,7 +1,7 @@
 """Evaluation data for ``validate`` and ``test``: named QA datasets, served in batches of questions.
 
-``EvalDataModule`` holds the evaluation sets; the training data modules (``QADataModule``,
-``RecyclingDataModule``) extend it, so one config trains and evaluates. Each batch is
+``EvalDataModule`` holds the evaluation sets; the training data module (``RecyclingDataModule``)
+extends it, so one config trains and evaluates. Each batch is
 ``(dataset name, questions)``. Every rank gets every batch: the module shards the rollouts
 of a batch over ranks and gathers them, as in training.
 """

@@ -1,7 +1,7 @@
 """The query pool: a mutable, weighted set of training questions (arXiv 2606.10709, Q(t) = {(q_i, w_i)}).
 
 All weights start at 1. A draw takes queries in proportion to weight, without replacement
-within the draw. After a step the sampling strategy reports what each drawn query's group did
+within the draw. After a step the query strategy reports what each drawn query's group did
 (``signal``, ``too_easy``, ``too_hard``) and sets its new weight: 0 consumes it, anything
 above 0 keeps it active. Every query is always in exactly one state, active (weight > 0) or
 consumed, and the state is one ``state_dict``, so a restored pool draws exactly as the

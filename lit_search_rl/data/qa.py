@@ -1,6 +1,6 @@
 """Question records: QA rows in (FlashRAG's and other authors' layouts), ``QARecord`` out.
 
-The training data modules (``QADataModule``, ``RecyclingDataModule``) and the evaluation sets
+The training data module (``RecyclingDataModule``) and the evaluation sets
 all hold their questions as these records.
 """
 

@@ -34,7 +34,7 @@ class _Steps(IterableDataset):
 
 
 class RecyclingDataModule(EvalDataModule):
-    """Training questions in a weighted pool, drawn by a sampling strategy, and evaluation sets.
+    """Training questions in a weighted pool, drawn by a query strategy, and evaluation sets.
 
     Args:
         train: FlashRAG JSON-lines file of training questions (unique ids).

@@ -1,4 +1,4 @@
-"""Sampling strategies: which questions are drawn, which groups train, and what happens to the rest.
+"""Query strategies: which questions are drawn, which groups train, and what happens to the rest.
 
 Every strategy works on the same ``QueryPool`` in rounds. A round draws candidates; their
 groups are rolled out and classified; ``select`` picks signal groups for the effective batch
@@ -25,7 +25,7 @@ from lit_search_rl.data.pool import Outcome
 
 
 class Strategy:
-    """A sampling strategy for batch size B and oversampling factor k.
+    """A query strategy for batch size B and oversampling factor k.
 
     Args:
         batch_size: signal groups per update (B).
