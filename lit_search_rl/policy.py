@@ -44,6 +44,34 @@ def with_lora(model: PreTrainedModel, rank: int):
     return get_peft_model(model, config)
 
 
+def build_policy(
+    name_or_path: str,
+    dtype: str = "float32",
+    lora_rank: int = 0,
+    gradient_checkpointing: bool = False,
+    reference: bool = False,
+    mesh=None,
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The policy to train (in train mode), and a frozen copy of its initial weights when ``reference``.
+
+    LoRA adapters of ``lora_rank`` (0: none) go on the policy only; with a device ``mesh`` both are
+    sharded with FSDP2 over it.
+    """
+    from lit_search_rl.fsdp import shard_policy
+
+    policy = load_policy(name_or_path, dtype)
+    frozen = copy.deepcopy(policy).eval().requires_grad_(False) if reference else None
+    if lora_rank > 0:
+        policy = with_lora(policy, lora_rank)
+    if gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    if mesh is not None:
+        if frozen is not None:
+            shard_policy(frozen, mesh)
+        shard_policy(policy, mesh)
+    return policy.train(), frozen
+
+
 def export_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

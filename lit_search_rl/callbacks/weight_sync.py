@@ -30,6 +30,14 @@ def sync_weights(policy: nn.Module, engine: VLLMEngine) -> float:
     return time.perf_counter() - start
 
 
+def require_weight_sync(trainer: L.Trainer) -> None:
+    """Refuse to fit with a vLLM engine and no ``VLLMWeightSync`` among the callbacks: rollouts would keep
+    sampling from the initial weights."""
+    if not any(isinstance(c, VLLMWeightSync) for c in trainer.callbacks):
+        raise ValueError("model.engine is vllm but trainer.callbacks has no VLLMWeightSync: rollouts would keep "
+                         "sampling from the initial weights")  # fmt: skip
+
+
 class VLLMWeightSync(Callback):
     """Keep the vLLM rollout engine on the current policy.
 

@@ -19,7 +19,6 @@ Run: ``lit-search-rl fit --config configs/synthetic/grpo.yaml``.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Literal
 
@@ -27,13 +26,13 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lit_search_rl.callbacks.weight_sync import require_weight_sync
 from lit_search_rl.checks import check_grpo_settings
 from lit_search_rl.data.pool import Outcome, PoolExhausted, classify_group
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.data.query_sampler import QuerySampler
 from lit_search_rl.distributed import all_ranks_true, sum_over_ranks
 from lit_search_rl.evaluation.evaluator import EvalConfig, QAEvaluation
-from lit_search_rl.fsdp import shard_policy
 from lit_search_rl.grpo.config import LossConfig, OptimizerConfig
 from lit_search_rl.grpo.evaluation import EvaluatesAgent
 from lit_search_rl.grpo.rollouts import ENGINES, RolloutRunner, step_sampling
@@ -46,7 +45,7 @@ from lit_search_rl.grpo.update import (
     make_update_batch,
     token_logprobs,
 )
-from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer, with_lora
+from lit_search_rl.policy import ExportsPolicy, build_policy, load_tokenizer
 from lit_search_rl.rewards import INVALID_REWARDS, InvalidReward, get_reward, score_groups
 from lit_search_rl.rollout.agent import RolloutConfig, Trajectory
 from lit_search_rl.rollout.engine import SamplingConfig
@@ -161,23 +160,16 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = load_policy(self.hparams.model, self.hparams.dtype)
-        if self.loss_config.kl_coef > 0:
-            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        if self.hparams.lora_rank > 0:
-            self.policy = with_lora(self.policy, self.hparams.lora_rank)
-        if self.hparams.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
-            mesh = self.device_mesh["data_parallel"]
-            if self.reference is not None:
-                shard_policy(self.reference, mesh)
-            shard_policy(self.policy, mesh)
-        self.policy.train()
+        h = self.hparams
+        # ModelParallelStrategy gives a device mesh: FSDP2 over the data-parallel ranks.
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
+        self.policy, self.reference = build_policy(h.model, h.dtype, h.lora_rank, h.gradient_checkpointing,
+                                                   reference=self.loss_config.kl_coef > 0, mesh=mesh)  # fmt: skip
 
     def setup(self, stage: str) -> None:
         if self.hparams.engine == "vllm" and self.runner.vllm is None:
-            self._require_weight_sync(stage)
+            if stage == "fit":
+                require_weight_sync(self.trainer)
             # After the strategy set up the process group: each rank gets its own colocated engine.
             self.runner.start_vllm(self.vllm_config)
         if self.retriever is None:  # a RetrieverService callback may have set it already
@@ -186,13 +178,6 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             from lit_search_rl.retrieval.open import open_retriever
 
             self.retriever = open_retriever(self.hparams.retriever)
-
-    def _require_weight_sync(self, stage: str) -> None:
-        from lit_search_rl.callbacks.weight_sync import VLLMWeightSync
-
-        if stage == "fit" and not any(isinstance(c, VLLMWeightSync) for c in self.trainer.callbacks):
-            raise ValueError("model.engine is vllm but trainer.callbacks has no VLLMWeightSync: rollouts would keep "
-                             "sampling from the initial weights")  # fmt: skip
 
     def teardown(self, stage: str) -> None:
         if self.retriever is not None:
