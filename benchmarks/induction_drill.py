@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 
 def parse() -> argparse.Namespace:
@@ -42,6 +42,17 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rope_theta", type=float, default=1e6, help="Qwen3's default.")
     p.add_argument("--init_std", type=float, default=0.02)
+    p.add_argument(
+        "--arch",
+        choices=("qwen3", "llama"),
+        default="qwen3",
+        help="qwen3 normalises each query and key head (QK-norm); llama is the same decoder without it.",
+    )
+    p.add_argument(
+        "--halves",
+        action="store_true",
+        help="Each row's second half repeats its first half: half the tokens are copy targets.",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps the default.")
     p.add_argument("--every", type=int, default=25, help="Steps between printed points.")
     return p.parse_args()
@@ -53,6 +64,10 @@ def far_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[tor
     ids = torch.randint(3, args.vocab, (args.batch, args.length), generator=generator)
     mask = torch.zeros(args.batch, args.length, dtype=torch.bool)
     half = args.length // 2
+    if args.halves:
+        ids[:, half : 2 * half] = ids[:, :half]
+        mask[:, half + 1 : 2 * half] = True
+        return ids, mask
     for row in range(args.batch):
         for _ in range(args.spans):
             source = int(torch.randint(0, half - args.span, (1,), generator=generator))
@@ -102,11 +117,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.heads, head_dim=64, tie_word_embeddings=True,
-                         rope_theta=args.rope_theta, initializer_range=args.init_std)  # fmt: skip
-    model = Qwen3ForCausalLM(config)
+    config_class, model_class = (
+        (Qwen3Config, Qwen3ForCausalLM) if args.arch == "qwen3" else (LlamaConfig, LlamaForCausalLM)
+    )
+    config = config_class(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                          num_key_value_heads=args.heads, head_dim=64, tie_word_embeddings=True,
+                          rope_theta=args.rope_theta, initializer_range=args.init_std)  # fmt: skip
+    model = model_class(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(1)
     near = argparse.Namespace(**{**vars(args), "max_gap": args.gap})
