@@ -50,8 +50,10 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument(
         "--halves",
-        action="store_true",
-        help="Each row's second half repeats its first half: half the tokens are copy targets.",
+        choices=("none", "same", "shuffled"),
+        default="none",
+        help="Each row's second half repeats its first half: as it is (same: a fixed offset, solvable by position) "
+        "or as its --span chunks in a random order (shuffled: by content only).",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps the default.")
     p.add_argument("--every", type=int, default=25, help="Steps between printed points.")
@@ -64,9 +66,14 @@ def far_batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[tor
     ids = torch.randint(3, args.vocab, (args.batch, args.length), generator=generator)
     mask = torch.zeros(args.batch, args.length, dtype=torch.bool)
     half = args.length // 2
-    if args.halves:
-        ids[:, half : 2 * half] = ids[:, :half]
-        mask[:, half + 1 : 2 * half] = True
+    if args.halves != "none":
+        chunks = half // args.span
+        for row in range(args.batch):
+            order = torch.randperm(chunks, generator=generator) if args.halves == "shuffled" else torch.arange(chunks)
+            for place, chunk in enumerate(order.tolist()):
+                target, source = half + place * args.span, chunk * args.span
+                ids[row, target : target + args.span] = ids[row, source : source + args.span]
+                mask[row, target + 1 : target + args.span] = True
         return ids, mask
     for row in range(args.batch):
         for _ in range(args.spans):
