@@ -66,6 +66,7 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="Pretrain on passages each followed by its facts restated as the expert states them.",
     )
+    p.add_argument("--arch", choices=("qwen3", "llama"), default="qwen3", help="The tiny model's decoder layout.")
     p.add_argument(
         "--induction_steps",
         type=int,
@@ -287,7 +288,8 @@ def main() -> None:
         print(json.dumps({"inventory_words_as_one_token": whole / len(words)}), flush=True)
     shape = TinyModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                             num_heads=args.heads, num_kv_heads=args.kv_heads,
-                            intermediate_size=args.intermediate or 3 * args.hidden, seed=args.seed)  # fmt: skip
+                            intermediate_size=args.intermediate or 3 * args.hidden, seed=args.seed,
+                            architecture=args.arch)  # fmt: skip
     policy = build_model(shape, tokenizer)
     if args.init_std:
         torch.manual_seed(args.seed)

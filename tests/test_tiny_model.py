@@ -43,3 +43,24 @@ def test_tags_are_single_tokens_and_text_round_trips(model_dir: Path) -> None:
     text = "<think> Zebu Krai was born in 1931. </think>\n<search> Zebu Krai birthplace | Tovar 1999 </search>"
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert tokenizer.decode(ids) == text  # byte-level BPE: any text, even unseen words, round-trips
+
+
+def test_the_llama_layout_loads_and_the_torch_engine_runs_it(world_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from lit_search_rl.models.tiny import create_tiny_model
+    from lit_search_rl.rollout.engine import SamplingConfig
+    from lit_search_rl.rollout.hf_engine import HFEngine
+    from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
+    from tests.conftest import SMALL_MODEL
+
+    create_tiny_model(world_dir, tmp_path / "llama", replace(SMALL_MODEL, architecture="llama"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "llama")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llama")
+    assert model.config.model_type == "llama" and not hasattr(model.model.layers[0].self_attn, "q_norm")
+    assert unsupported_reason(model) is None
+    prompts = [tokenizer("<think> Zebu Krai", add_special_tokens=False).input_ids, [5, 6, 7, 8, 9]]
+    greedy = SamplingConfig(temperature=0.0)
+    ours = TorchEngine(model, tokenizer, greedy).generate(prompts, [12, 12], [])
+    theirs = HFEngine(model, tokenizer, greedy).generate(prompts, [12, 12], [])
+    assert [g.token_ids for g in ours] == [g.token_ids for g in theirs]

@@ -12,10 +12,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from lit_search_rl.checks import require_at_least
 from lit_search_rl.data.synthetic.expert import gold_documents, render_trajectory, steps_from_rows
@@ -55,6 +63,10 @@ class TinyModelConfig:
     """Longest sequence the model is built for."""
     seed: int = 0
     """Seed of the random initialisation."""
+    architecture: Literal["qwen3", "llama"] = "qwen3"
+    """Decoder layout: ``qwen3`` normalises each query and key head (QK-norm); ``llama`` is the same decoder
+    without it, which learns to copy by content sooner in ``benchmarks/induction_drill.py``. Both run in the
+    torch engine and in vLLM."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible option."""
@@ -64,6 +76,8 @@ class TinyModelConfig:
             raise ValueError(
                 f"--num_heads ({self.num_heads}) must be a multiple of --num_kv_heads ({self.num_kv_heads})"
             )
+        if self.architecture not in ("qwen3", "llama"):
+            raise ValueError(f"--architecture must be qwen3 or llama (got {self.architecture!r})")
         if self.vocab_size < 256 + 3 + len(TAGS):
             raise ValueError(f"--vocab_size must be at least {256 + 3 + len(TAGS)} to hold the byte alphabet")
 
@@ -104,10 +118,13 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int) -> PreTrainedTokenize
     return fast
 
 
-def build_model(config: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
-    """A randomly initialised Qwen3 causal LM sized by ``config`` for ``tokenizer``."""
+def build_model(config: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A randomly initialised causal LM of ``config.architecture`` sized by ``config`` for ``tokenizer``."""
     torch.manual_seed(config.seed)
-    model_config = Qwen3Config(
+    config_class, model_class = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[
+        config.architecture
+    ]
+    model_config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -121,7 +138,7 @@ def build_model(config: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    model = Qwen3ForCausalLM(model_config)
+    model = model_class(model_config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
