@@ -80,10 +80,12 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument(
         "--drill",
-        choices=("repeat", "mqar"),
+        choices=("repeat", "mqar", "chunks"),
         default="repeat",
         help="repeat: a random sequence then the same again; mqar: random key-value pairs, then the keys "
-        "in a new order, each followed by its value (multi-query associative recall).",
+        "in a new order, each followed by its value (multi-query associative recall); chunks: a random sequence "
+        "then its 4-token chunks in a new order, the loss on every chunk token after the first (the dense "
+        "content-copy rows of induction_drill.py --halves shuffled).",
     )
     p.add_argument(
         "--induction_mix",
@@ -327,6 +329,15 @@ def main() -> None:
             ids = torch.cat([first, first], 1)  # (B, 2n): the second half repeats the first
             logits = policy(input_ids=ids).logits[:, n - 1 : -1]
             return F.cross_entropy(logits.flatten(0, 1), ids[:, n:].flatten()), logits, ids[:, n:]
+        if args.drill == "chunks":
+            chunks = first.view(args.batch, n // 4, 4)
+            order = torch.argsort(torch.rand(args.batch, n // 4, generator=generator), dim=1)  # (B, n/4)
+            shuffled = torch.gather(chunks, 1, order[..., None].expand(-1, -1, 4)).flatten(1)  # (B, n)
+            ids = torch.cat([first, shuffled], 1)  # (B, 2n)
+            inside = (torch.arange(n) % 4 != 0).expand(args.batch, n)  # each chunk's tokens after its first
+            logits = policy(input_ids=ids).logits[:, n - 1 : -1][inside].view(args.batch, -1, policy.config.vocab_size)
+            targets = ids[:, n:][inside].view(args.batch, -1)
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), logits, targets
         # n // 2 pairs (key, value); then the pairs again in a random order: each value follows its key.
         order = torch.argsort(torch.rand(args.batch, n // 2, generator=generator), dim=1)  # (B, n/2)
         pairs = first.view(args.batch, n // 2, 2)
