@@ -61,7 +61,8 @@ def _at_least(values: Mapping[str, Any], names: Iterable[str], low: float, prefi
             raise ValueError(f"{prefix}{name} must be at least {low} (got {value})")
 
 
-def _one_of(values: Mapping[str, Any], name: str, choices: Iterable[str], prefix: str) -> None:
+def check_one_of(values: Mapping[str, Any], name: str, choices: Iterable[str], prefix: str) -> None:
+    """Raise ``ValueError`` naming ``prefix + name`` when its value is set and not one of ``choices``."""
     value, choices = values.get(name), tuple(choices)
     if value is not None and value not in choices:
         raise ValueError(f"{prefix}{name} must be one of {', '.join(choices)} (got {value!r})")
@@ -123,8 +124,8 @@ def _check_reward(name: Any, prefix: str) -> None:
 
 def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -> None:
     """The recycling data module's settings: strategy, recycled weight, rounds, sizes."""
-    _one_of(values, "strategy", STRATEGY_NAMES, prefix)
-    _one_of(values, "exhaustion", ("reset", "stop"), prefix)
+    check_one_of(values, "strategy", STRATEGY_NAMES, prefix)
+    check_one_of(values, "exhaustion", ("reset", "stop"), prefix)
     weight = _number(values, "recycled_weight", prefix)
     if weight is not None and not 0 <= weight <= 1:
         raise ValueError(f"{prefix}recycled_weight must be in [0, 1] (got {weight})")

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from lit_search_rl.checks import check_loss_settings, check_optimizer_settings
+from lit_search_rl.checks import check_loss_settings, check_one_of, check_optimizer_settings
 
 
 @dataclass
@@ -45,12 +45,12 @@ class LossConfig:
     def validate(self, prefix: str = "model.loss.") -> None:
         from lit_search_rl.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_KINDS, POLICY_LOSSES
 
-        check_loss_settings(asdict(self), prefix)
+        values = asdict(self)
+        check_loss_settings(values, prefix)
         choices = {"advantage_scale": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_agg": AGGREGATIONS,
                    "kl_estimator": KL_KINDS}  # fmt: skip
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{prefix}{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+            check_one_of(values, name, allowed, prefix)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lit_search_rl.callbacks.weight_sync import require_weight_sync
-from lit_search_rl.checks import check_grpo_settings
+from lit_search_rl.checks import check_grpo_settings, check_one_of
 from lit_search_rl.data.pool import Outcome, PoolExhausted, classify_group
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.data.query_sampler import QuerySampler
@@ -133,8 +133,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         h = self.hparams
         check_grpo_settings(h)  # sizes, update passes, reward: also run on the raw config before imports
         for name, choices in (("invalid_reward", INVALID_REWARDS), ("engine", ENGINES)):
-            if h[name] not in choices:
-                raise ValueError(f"model.{name} must be one of {', '.join(choices)} (got {h[name]!r})")
+            check_one_of(h, name, choices, "model.")
         self.loss_config.validate()
         self.optimizer_config.validate()
         self.rollout_config.validate()

@@ -20,7 +20,7 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_search_rl.checks import require_at_least
+from lit_search_rl.checks import check_one_of, require_at_least
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.engine import GenerationEngine
 from lit_search_rl.rollout.protocols import PROTOCOLS, AgentProtocol
@@ -54,8 +54,7 @@ class RolloutConfig:
         names = ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_information_tokens",
                  "max_parallel_queries", "documents_per_query")  # fmt: skip
         require_at_least(self, names, prefix="model.rollout.")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"model.rollout.protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
+        check_one_of(vars(self), "protocol", PROTOCOLS, "model.rollout.")
 
 
 @dataclass
