@@ -257,7 +257,7 @@ def evaluate(
             for where, name in ((starts, "first"), (copies & ~starts, "rest")):
                 by_block[name][0] += int((right & where).sum())
                 by_block[name][1] += int(where.sum())
-        counts = copy_counts(logits, batch["input_ids"], batch["copy_mask"])
+        counts = copy_counts(logits[:, :-1], batch["input_ids"][:, 1:], batch["copy_mask"][:, 1:])
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
         mask = batch["loss_mask"][:, 1:].bool()
         nll = F.cross_entropy(logits[:, :-1][mask].float(), batch["input_ids"][:, 1:][mask], reduction="sum")

@@ -20,31 +20,52 @@ from lit_search_rl.fsdp import shard_policy
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
 
 
-def masked_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the masked tokens.
+def next_token_predictions(
+    policy: torch.nn.Module, batch: dict[str, torch.Tensor], masks: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Logits only where some mask trains the next token: (logits (B, K, V), targets (B, K), masks (B, K)).
+
+    The output projection costs as much as the rest of a tiny model; the prompt and, in copy drills, the first
+    half of every row are never trained on, so computing logits there is wasted. ``logits_to_keep`` takes the
+    positions (shared by the batch), and the model applies its own head and any logit scaling to them.
 
     Args:
-        logits: (B, T, V) model outputs; position t predicts token t + 1.
-        input_ids: (B, T) token ids.
-        loss_mask: (B, T) 1 where the token is trained on.
+        policy: A Hugging Face causal LM.
+        batch: ``input_ids`` and ``attention_mask``, (B, T).
+        masks: (B, T) masks, 1 on the tokens to predict.
     """
-    targets = input_ids[:, 1:]  # (B, T-1)
-    mask = loss_mask[:, 1:].to(logits.dtype)  # (B, T-1)
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")  # (B*(T-1),)
-    return (nll.view_as(mask) * mask).sum() / mask.sum().clamp(min=1)
+    needed = torch.stack([m[:, 1:] for m in masks]).flatten(0, 1).any(0)  # (T-1,): some row trains token t+1
+    positions = needed.nonzero().squeeze(1)  # (K,)
+    logits = policy(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+    ).logits  # (B, K, V)
+    return logits, batch["input_ids"][:, positions + 1], [m[:, positions + 1] for m in masks]
 
 
-def copy_counts(logits: torch.Tensor, input_ids: torch.Tensor, copy_mask: torch.Tensor) -> tuple[int, int, int, int]:
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the masked targets.
+
+    Args:
+        logits: (B, K, V) predictions of ``targets``.
+        targets: (B, K) token ids.
+        mask: (B, K) 1 where the target is trained on.
+    """
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")  # (B*K,)
+    weights = mask.flatten().to(nll.dtype)
+    return (nll * weights).sum() / weights.sum().clamp(min=1)
+
+
+def copy_counts(logits: torch.Tensor, targets: torch.Tensor, copy_mask: torch.Tensor) -> tuple[int, int, int, int]:
     """Greedy (teacher-forced) predictions of the tokens the expert copies: (right, copied tokens, trajectories
     with every copy right, trajectories with a copy).
 
     Args:
-        logits: (B, T, V) model outputs; position t predicts token t + 1.
-        input_ids: (B, T) token ids.
-        copy_mask: (B, T) 1 on the tokens that spell a name or year copied from the question or a passage.
+        logits: (B, K, V) predictions of ``targets``.
+        targets: (B, K) token ids.
+        copy_mask: (B, K) 1 on the targets that spell a name or year copied from the question or a passage.
     """
-    mask = copy_mask[:, 1:].bool()  # (B, T-1)
-    right = (logits[:, :-1].argmax(-1) == input_ids[:, 1:]) & mask  # (B, T-1)
+    mask = copy_mask.bool()
+    right = (logits.argmax(-1) == targets) & mask  # (B, K)
     has_copy = mask.any(-1)  # (B,)
     all_right = (right.sum(-1) == mask.sum(-1)) & has_copy  # (B,)
     return int(right.sum()), int(mask.sum()), int(all_right.sum()), int(has_copy.sum())
@@ -93,16 +114,14 @@ class SFTModule(ExportsPolicy, LightningModule):
                 shard_policy(self.policy, self.device_mesh["data_parallel"])
             self.policy.train()  # from_pretrained returns eval mode
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self._logits(batch)
-        loss = masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
-        self.log("train/loss", loss, prog_bar=True)
         weight = self.hparams.information_loss_weight
+        masks = [batch["loss_mask"], batch["information_mask"]] if weight > 0 else [batch["loss_mask"]]
+        logits, targets, masks = next_token_predictions(self.policy, batch, masks)
+        loss = token_nll(logits, targets, masks[0])
+        self.log("train/loss", loss, prog_bar=True)
         if weight > 0:
-            information = masked_token_nll(logits, batch["input_ids"], batch["information_mask"])
+            information = token_nll(logits, targets, masks[1])
             self.log("train/information_loss", information)
             loss = loss + weight * information
         self.log("train/trained_tokens", batch["loss_mask"].sum().float(), reduce_fx="sum")
@@ -112,11 +131,13 @@ class SFTModule(ExportsPolicy, LightningModule):
         self._copies = [0, 0, 0, 0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self._logits(batch)
-        loss = masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
+        copies = "copy_mask" in batch  # a subset of the loss mask: no further logits
+        masks = [batch["loss_mask"], batch["copy_mask"]] if copies else [batch["loss_mask"]]
+        logits, targets, masks = next_token_predictions(self.policy, batch, masks)
+        loss = token_nll(logits, targets, masks[0])
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        if "copy_mask" in batch:
-            counts = copy_counts(logits, batch["input_ids"], batch["copy_mask"])
+        if copies:
+            counts = copy_counts(logits, targets, masks[1])
             self._copies = [a + b for a, b in zip(self._copies, counts, strict=True)]
 
     def on_validation_epoch_end(self) -> None:

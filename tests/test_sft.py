@@ -13,7 +13,7 @@ from lit_search_rl.data.synthetic.expert import gold_documents, render_trajector
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.rollout.encoding import encode_prompt
 from lit_search_rl.rollout.tags import INFO_CLOSE, INFO_OPEN
-from lit_search_rl.sft import masked_token_nll
+from lit_search_rl.sft import next_token_predictions, token_nll
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +52,39 @@ def test_batches_are_padded_and_masked(data: SFTDataModule) -> None:
     assert (batch["loss_mask"] <= batch["attention_mask"]).all()  # padding is never trained on
 
 
-def test_masked_nll_ignores_masked_tokens() -> None:
+def test_token_nll_ignores_masked_tokens() -> None:
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11)
-    ids = torch.randint(0, 11, (2, 5))
-    mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
-    expected = []
-    for i in range(2):
-        for t in range(1, 5):
-            if mask[i, t]:
-                expected.append(-torch.log_softmax(logits[i, t - 1], -1)[ids[i, t]])
-    assert torch.allclose(masked_token_nll(logits, ids, mask), torch.stack(expected).mean())
+    logits = torch.randn(2, 4, 11)
+    targets = torch.randint(0, 11, (2, 4))
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
+    expected = [-torch.log_softmax(logits[i, t], -1)[targets[i, t]] for i in range(2) for t in range(4) if mask[i, t]]
+    assert torch.allclose(token_nll(logits, targets, mask), torch.stack(expected).mean())
     # Changing a logit that predicts a masked token changes nothing.
     changed = logits.clone()
-    changed[0, 3] += 5.0  # predicts token 4 of row 0, which is masked
-    assert torch.allclose(masked_token_nll(changed, ids, mask), masked_token_nll(logits, ids, mask))
+    changed[0, 3] += 5.0
+    assert torch.allclose(token_nll(changed, targets, mask), token_nll(logits, targets, mask))
+
+
+def test_logits_are_kept_only_where_a_mask_trains_the_next_token(model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (2, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    loss_mask = torch.zeros_like(ids)
+    loss_mask[0, [3, 4]], loss_mask[1, 7] = 1, 1
+    other = torch.zeros_like(ids)
+    other[1, 8] = 1
+    logits, targets, (kept_loss, kept_other) = next_token_predictions(policy, batch, [loss_mask, other])
+    positions = [2, 3, 6, 7]  # each predicts a token some mask trains on (3, 4, 7, 8)
+    full = policy(**batch).logits
+    assert torch.allclose(logits, full[:, positions], atol=1e-5)
+    assert torch.equal(targets, ids[:, [p + 1 for p in positions]])
+    assert kept_loss.tolist() == [[1, 1, 0, 0], [0, 0, 1, 0]] and kept_other.tolist() == [[0, 0, 0, 0], [0, 0, 0, 1]]
+    # The same loss as on full logits shifted by one.
+    shifted = token_nll(full[:, :-1], ids[:, 1:], loss_mask[:, 1:])
+    assert torch.allclose(token_nll(logits, targets, kept_loss), shifted, atol=1e-5)
 
 
 def test_missing_world_is_a_clear_error(tmp_path: Path, model_dir: Path) -> None:

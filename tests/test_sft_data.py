@@ -8,11 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from lit_search_rl.data.copy_drills import CopyDrills, ordinary_token_ids
 from lit_search_rl.data.sft import ExpertSet, LengthGroupedBatches, SFTDataModule, fresh_world_seed
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.retrieval.bm25 import InMemoryBM25
 from lit_search_rl.retrieval.open import open_retriever
+from lit_search_rl.rollout.tags import TAGS
 from lit_search_rl.sft import copy_counts
 
 
@@ -96,13 +99,62 @@ def test_length_grouped_batches_cover_every_example_once_in_a_new_order() -> Non
 
 
 def test_copy_counts_are_greedy_hits_on_copied_tokens() -> None:
-    ids = torch.tensor([[0, 1, 2, 3], [0, 2, 2, 1]])
-    copies = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 0]])
-    logits = torch.full((2, 4, 4), -5.0)
-    for b, t, token in [(0, 0, 1), (0, 2, 0), (1, 1, 2)]:  # right on (0,1) and (1,2); wrong on (0,3)
+    targets = torch.tensor([[1, 2, 3], [2, 2, 1]])
+    copies = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    logits = torch.full((2, 3, 4), -5.0)
+    for b, t, token in [(0, 0, 1), (0, 2, 0), (1, 1, 2)]:  # right on (0,0) and (1,1); wrong on (0,2)
         logits[b, t, token] = 5.0
-    assert copy_counts(logits, ids, copies) == (2, 3, 1, 2)
+    assert copy_counts(logits, targets, copies) == (2, 3, 1, 2)
 
 
 def test_the_empty_retriever_returns_no_passage() -> None:
     assert open_retriever("empty://").search(["anything", "else"], 3) == [[], []]
+
+
+def test_a_copy_drill_row_restates_its_first_half_in_shuffled_chunks(model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ordinary = ordinary_token_ids(tokenizer)
+    tags = set(tokenizer.convert_tokens_to_ids(list(TAGS)))
+    assert not (set(ordinary.tolist()) & (tags | set(tokenizer.all_special_ids)))
+    drills = CopyDrills(ordinary, rows=3, length=16, chunk=4, seed=5)
+    row = drills[1]
+    first, second = row["input_ids"][:16], row["input_ids"][16:]
+    assert len(row["input_ids"]) == 32 and set(first) <= set(ordinary.tolist())
+    chunks = [tuple(first[i : i + 4]) for i in range(0, 16, 4)]
+    shuffled = [tuple(second[i : i + 4]) for i in range(0, 16, 4)]
+    assert sorted(shuffled) == sorted(chunks)
+    # The loss is on every chunk token after the first: the only tokens a lookup can predict.
+    assert row["loss_mask"] == [0] * 16 + [0, 1, 1, 1] * 4 == row["copy_mask"]
+    assert row == drills[1] and row != drills[2] and row != CopyDrills(ordinary, 3, 16, 4, seed=6)[1]
+    with pytest.raises(IndexError):
+        drills[3]
+
+
+def test_copy_drills_come_first_in_the_first_pass_only(world_dir: Path, model_dir: Path) -> None:
+    dm = _module(world_dir, model_dir, copy_drills=2, copy_drill_length=8, copy_drill_chunk=2)
+    loader = dm._loader(dm.train_examples, shuffle=True, epoch=0)
+    planned = len(loader)
+    batches = list(loader)
+    assert len(batches) == planned == 2 + -(-len(dm.train_examples) // 4)
+    for drill in batches[:2]:
+        assert drill["input_ids"].shape == (4, 16)
+        assert drill["loss_mask"].tolist() == [[0] * 8 + [0, 1] * 4] * 4
+    assert all(b["input_ids"].shape[1] > 16 for b in batches[2:])  # trajectories
+    assert len(loader) == len(batches) - 2
+    again = list(loader)
+    assert len(again) == len(batches) - 2 and all(b["input_ids"].shape[1] > 16 for b in again)
+    # A loader made for a later epoch (fresh worlds) has no drills.
+    assert len(dm._loader(dm.train_examples, shuffle=True, epoch=1)) == len(batches) - 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"copy_drills": -1}, "data.copy_drills must not be negative"),
+        ({"copy_drill_length": 10, "copy_drill_chunk": 4}, "data.copy_drill_length (10) must be a multiple"),
+        ({"copy_drill_chunk": 1}, "which must be at least 2"),
+    ],
+)
+def test_bad_copy_drill_settings_are_refused(world_dir: Path, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SFTDataModule(world=str(world_dir), **options)

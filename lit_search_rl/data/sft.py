@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lit_search_rl.data.copy_drills import CopyDrills, ordinary_token_ids
 from lit_search_rl.data.synthetic.expert import (
     Segment,
     gold_documents,
@@ -139,6 +140,21 @@ class LengthGroupedBatches:
         return iter(batches)
 
 
+class DrillsFirst:
+    """A batch sampler that yields ``drills`` before the batches of ``then`` on its first pass only."""
+
+    def __init__(self, drills: list[list[int]], then: LengthGroupedBatches) -> None:
+        self.drills, self.then = drills, then
+
+    def __len__(self) -> int:
+        return len(self.drills) + len(self.then)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        drills, self.drills = self.drills, []
+        yield from drills
+        yield from self.then
+
+
 def fresh_world_seed(world_seed: int, data_seed: int, epoch: int) -> int:
     """Seed of the world generated for ``epoch``; never the seed of the world being tested."""
     seed = random.Random(f"sft-{world_seed}-{data_seed}-{epoch}").randrange(2**31)
@@ -170,7 +186,12 @@ class SFTDataModule(LightningDataModule):
             and a new seed, so that the model must copy rather than recall facts. Needs
             ``trainer.reload_dataloaders_every_n_epochs: 1``.
         fresh_size: Expert trajectories per fresh world (one epoch), spread evenly over the question families.
-        seed: Seed of the train / validation split, and of the fresh worlds.
+        copy_drills: Batches of copy drills (``data/copy_drills.py``) trained on before the first trajectory:
+            random token rows whose second half restates the first in shuffled chunks. They teach a small model
+            to copy by content, which the trajectories alone teach slowly. Counted in ``trainer.max_steps``.
+        copy_drill_length: Random tokens in the first half of a drill row (a row is twice as long).
+        copy_drill_chunk: Tokens per shuffled chunk of a drill row's second half.
+        seed: Seed of the train / validation split, of the fresh worlds and of the copy drills.
     """
 
     def __init__(
@@ -184,6 +205,9 @@ class SFTDataModule(LightningDataModule):
         documents_per_query: int = 0,
         fresh_worlds: bool = False,
         fresh_size: int = 1000,
+        copy_drills: int = 0,
+        copy_drill_length: int = 64,
+        copy_drill_chunk: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -193,6 +217,13 @@ class SFTDataModule(LightningDataModule):
             raise ValueError(f"data.documents_per_query must not be negative (got {documents_per_query})")
         if fresh_size < 1:
             raise ValueError(f"data.fresh_size must be at least 1 (got {fresh_size})")
+        if copy_drills < 0:
+            raise ValueError(f"data.copy_drills must not be negative (got {copy_drills})")
+        if copy_drill_chunk < 2 or copy_drill_length < copy_drill_chunk or copy_drill_length % copy_drill_chunk:
+            raise ValueError(
+                f"data.copy_drill_length ({copy_drill_length}) must be a multiple of data.copy_drill_chunk "
+                f"({copy_drill_chunk}), which must be at least 2"
+            )
         self.save_hyperparameters()
         self.world = Path(world)
         self.tokenizer_name = tokenizer
@@ -244,14 +275,24 @@ class SFTDataModule(LightningDataModule):
 
     def _loader(self, examples: list[dict], shuffle: bool, epoch: int = 0) -> DataLoader:
         pad_id = self._tokenizer().pad_token_id
-        size = self.hparams.batch_size
-        if shuffle:
-            batches = LengthGroupedBatches(
-                [len(e["input_ids"]) for e in examples], size, f"{self.hparams.seed}-{epoch}"
-            )
-        else:
+        h = self.hparams
+        size = h.batch_size
+        if not shuffle:
             batches = [list(range(i, min(i + size, len(examples)))) for i in range(0, len(examples), size)]
-        return DataLoader(examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
+            return DataLoader(examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
+        batches = LengthGroupedBatches([len(e["input_ids"]) for e in examples], size, f"{h.seed}-{epoch}")
+        if epoch > 0 or not h.copy_drills:
+            return DataLoader(examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
+        # The drills follow the trajectories in the dataset and come first in the batches.
+        drills = CopyDrills(ordinary_token_ids(self._tokenizer()), h.copy_drills * size, h.copy_drill_length,
+                            h.copy_drill_chunk, h.seed)  # fmt: skip
+        offset = len(examples)
+        drill_batches = [list(range(offset + i, offset + i + size)) for i in range(0, len(drills), size)]
+        return DataLoader(
+            ConcatDataset([examples, drills]),
+            batch_sampler=DrillsFirst(drill_batches, batches),
+            collate_fn=lambda batch: pad_batch(batch, pad_id),
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -43,7 +43,7 @@ def tiny_model(argv: Sequence[str]) -> None:
     """Train the tokenizer on a world and save a randomly initialised tiny Qwen3 model."""
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
 
-    parser = make_parser("tiny-model", "Train a BPE tokenizer on a synthetic world and save a tiny random Qwen3 model.")
+    parser = make_parser("tiny-model", "Train a BPE tokenizer on a synthetic world and save a tiny random decoder (Qwen3 or Llama layout).")
     parser.add_argument("--world", type=Path, required=True, help="World folder written by `lit-search-rl synth`.")
     parser.add_argument("--out", type=Path, required=True, help="Folder to save the tokenizer and model to.")
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists and is not empty.")
@@ -53,6 +53,6 @@ def tiny_model(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     summary = create_tiny_model(args.world, args.out, config, overwrite=args.overwrite)
     print(
-        f"wrote {args.out} in {time.perf_counter() - start:.1f}s: Qwen3, "
+        f"wrote {args.out} in {time.perf_counter() - start:.1f}s: {config.architecture}, "
         f"{summary['parameters'] / 1e6:.2f}M parameters, vocabulary {summary['vocab_size']}"
     )
