@@ -43,7 +43,10 @@ def tiny_model(argv: Sequence[str]) -> None:
     """Train the tokenizer on a world and save a randomly initialised tiny Qwen3 model."""
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
 
-    parser = make_parser("tiny-model", "Train a BPE tokenizer on a synthetic world and save a tiny random decoder (Qwen3 or Llama layout).")
+    parser = make_parser(
+        "tiny-model",
+        "Train a BPE tokenizer on a synthetic world and save a tiny random decoder (Qwen3 or Llama layout).",
+    )
     parser.add_argument("--world", type=Path, required=True, help="World folder written by `lit-search-rl synth`.")
     parser.add_argument("--out", type=Path, required=True, help="Folder to save the tokenizer and model to.")
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists and is not empty.")
