@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 def test_demo_pipeline_runs_every_stage_and_prints_the_summary(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    args = ["--copy_drills", "2", "--sft_steps", "5", "--grpo_steps", "2", "--num_test", "3", "--num_val", "2", "--val_every", "1"]
+    sizes = {"copy_drills": 2, "sft_steps": 5, "grpo_steps": 2, "num_test": 3, "num_val": 2, "val_every": 1}
+    args = [word for name, value in sizes.items() for word in (f"--{name}", str(value))]
     assert main(["demo", "--out", str(out), *args]) == 0
     printed = capsys.readouterr().out
     for family in ("chain", "iterative", "comparison", "avg"):
