@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_search_rl.retrieval.index import load_retriever
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
+from lit_search_rl.rollout.encoding import encode_messages
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
 from lit_search_rl.rollout.protocols import TagProtocol, ToolCallProtocol
@@ -319,3 +321,24 @@ def test_the_policy_rolls_out_within_its_own_context_length(model_dir: Path, bm2
         m.policy, [QARecord("q", "Q?", ("x",))], 2, lambda rank: SamplingConfig(temperature=1.0, seed=1)
     )
     assert all(t.length <= prompt + 16 for t in group) and any(t.finish_reason == "length" for t in group)
+
+
+def test_a_custom_instruction_is_the_whole_user_message(tokenizer, retriever) -> None:
+    script = {"Q one?": ["<think> a </think>\n<answer> Paris </answer>"]}
+    agent, _ = loop(tokenizer, retriever, script, instruction="Question: {question}")
+    [short] = agent.rollout(["Q one?"])
+    assert short.prompt_ids == encode_messages(tokenizer, [{"role": "user", "content": "Question: Q one?"}])
+    assert short.answer == "Paris"
+    default, _ = loop(tokenizer, retriever, script)
+    [full] = default.rollout(["Q one?"])
+    assert "Answer the question." in tokenizer.decode(full.prompt_ids)  # unset: Search-R1's instruction
+
+
+@pytest.mark.parametrize(
+    ("instruction", "message"),
+    [("Answer it.", "model.rollout.instruction must contain {question}"),
+     ("{question} in {n} steps", "model.rollout.instruction: '{question} in {n} steps' is not a template")],
+)  # fmt: skip
+def test_a_bad_instruction_is_refused_naming_the_option(tokenizer, retriever, instruction: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loop(tokenizer, retriever, {}, instruction=instruction)

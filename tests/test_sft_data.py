@@ -15,6 +15,7 @@ from lit_search_rl.data.sft import ExpertSet, LengthGroupedBatches, SFTDataModul
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.retrieval.bm25 import InMemoryBM25
 from lit_search_rl.retrieval.open import open_retriever
+from lit_search_rl.rollout.protocols import TagProtocol
 from lit_search_rl.rollout.tags import TAGS
 from lit_search_rl.sft import copy_counts
 
@@ -158,3 +159,13 @@ def test_copy_drills_come_first_in_the_first_pass_only(world_dir: Path, model_di
 def test_bad_copy_drill_settings_are_refused(world_dir: Path, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         SFTDataModule(world=str(world_dir), **options)
+
+
+def test_the_warm_start_prompt_is_the_agents_prompt_with_the_same_instruction(world_dir: Path, model_dir: Path) -> None:
+    dm = _module(world_dir, model_dir, instruction="Question: {question}")
+    rows = list(read_jsonl(world_dir / "sft.jsonl"))
+    prompts = {tuple(TagProtocol().prompt_ids(dm.tokenizer, r["question"], 3, "Question: {question}")) for r in rows}
+    for e in dm.train_examples[:10]:
+        assert tuple(e["input_ids"][: e["loss_mask"].index(1)]) in prompts
+    with pytest.raises(ValueError, match=re.escape("data.instruction must contain {question}")):
+        SFTDataModule(world=str(world_dir), instruction="Answer.")

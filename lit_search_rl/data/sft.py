@@ -38,6 +38,7 @@ from lit_search_rl.data.synthetic.world import World, WorldConfig, generate_worl
 from lit_search_rl.io import read_jsonl
 from lit_search_rl.retrieval.bm25 import InMemoryBM25
 from lit_search_rl.rollout.encoding import encode_prompt, encode_segments, pad_batch
+from lit_search_rl.rollout.tags import check_instruction
 
 _WORD = re.compile(r"\w+")
 _YEAR = re.compile(r"\d{4}")
@@ -89,10 +90,15 @@ def copy_mask(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment], n
 
 
 def expert_examples(
-    tokenizer: PreTrainedTokenizerBase, expert: ExpertSet, documents_per_query: int, max_queries: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    expert: ExpertSet,
+    documents_per_query: int,
+    max_queries: int,
+    max_length: int,
+    instruction: str | None = None,
 ) -> tuple[list[dict], int]:
     """Token ids, loss mask, information mask and copy mask of each trajectory; also the number left out as
-    longer than ``max_length``."""
+    longer than ``max_length``. ``instruction`` is the user message's template (``tags.user_prompt``)."""
     if documents_per_query > 0:
         documents_for = retrieved_documents(InMemoryBM25(expert.corpus), documents_per_query)
     else:
@@ -100,7 +106,7 @@ def expert_examples(
     examples, too_long = [], 0
     for question, steps in expert.questions:
         segments = render_trajectory(steps, documents_for)
-        prompt = encode_prompt(tokenizer, question, max_queries)
+        prompt = encode_prompt(tokenizer, question, max_queries, instruction)
         ids, loss_mask = encode_segments(tokenizer, prompt, segments)
         if len(ids) > max_length:
             too_long += 1
@@ -180,6 +186,8 @@ class SFTDataModule(LightningDataModule):
         val_size: Trajectories of the folder held out to report validation loss and copy accuracy (with
             ``fresh_worlds``, the first ``val_size`` of the folder's trajectories, none of which is trained on).
         max_queries: Queries per search turn announced in the prompt.
+        instruction: The user message asking each question, a template of ``{question}`` and ``{max_queries}``;
+            unset for Search-R1's instruction. Train and roll out with the same (``rollout.instruction``).
         documents_per_query: Passages shown per expert query, from BM25 over the world's corpus, as the agent
             sees them at run time (``rollout.documents_per_query``); 0 shows only the passage the expert reads.
         fresh_worlds: Train each epoch on the trajectories of a newly generated world with the folder's settings
@@ -202,6 +210,7 @@ class SFTDataModule(LightningDataModule):
         max_length: int = 1024,
         val_size: int = 64,
         max_queries: int = 3,
+        instruction: str | None = None,
         documents_per_query: int = 0,
         fresh_worlds: bool = False,
         fresh_size: int = 1000,
@@ -217,6 +226,7 @@ class SFTDataModule(LightningDataModule):
             raise ValueError(f"data.documents_per_query must not be negative (got {documents_per_query})")
         if fresh_size < 1:
             raise ValueError(f"data.fresh_size must be at least 1 (got {fresh_size})")
+        check_instruction(instruction, "data.instruction")
         if copy_drills < 0:
             raise ValueError(f"data.copy_drills must not be negative (got {copy_drills})")
         if copy_drill_chunk < 2 or copy_drill_length < copy_drill_chunk or copy_drill_length % copy_drill_chunk:
@@ -245,7 +255,7 @@ class SFTDataModule(LightningDataModule):
     def _examples(self, expert: ExpertSet) -> list[dict]:
         h = self.hparams
         examples, too_long = expert_examples(
-            self._tokenizer(), expert, h.documents_per_query, h.max_queries, h.max_length
+            self._tokenizer(), expert, h.documents_per_query, h.max_queries, h.max_length, h.instruction
         )
         self.num_too_long += too_long
         return examples

@@ -24,6 +24,7 @@ from lit_search_rl.checks import check_one_of, require_at_least
 from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.engine import GenerationEngine
 from lit_search_rl.rollout.protocols import PROTOCOLS, AgentProtocol
+from lit_search_rl.rollout.tags import check_instruction
 
 FinishReason = Literal["answered", "max_turns", "length", "invalid"]
 
@@ -46,6 +47,11 @@ class RolloutConfig:
     """Documents retrieved per query (the retriever's top k; Search-R1's ``topk``)."""
     max_doc_chars: int | None = None
     """Characters of each document's text shown to the model; unset for whole passages."""
+    instruction: str | None = None
+    """The user message asking each question, a template of ``{question}`` and ``{max_queries}``; unset for the
+    protocol's own (Search-R1's instruction, which explains the tags). A model trained from scratch, such as the
+    tiny one, reads nothing in it, so a short one (``"Question: {question}"``) saves it a third of its tokens. The
+    warm start must have used the same (the SFT module's ``data.instruction``)."""
     protocol: Literal["tag", "tool_call"] = "tag"
     """How agent and environment talk: ``tag`` (Search-R1's ``<search>`` and ``<information>`` tags) or
     ``tool_call`` (Qwen3's JSON tool calls and ``<tool_response>`` blocks)."""
@@ -55,6 +61,7 @@ class RolloutConfig:
                  "max_parallel_queries", "documents_per_query")  # fmt: skip
         require_at_least(self, names, prefix="model.rollout.")
         check_one_of(vars(self), "protocol", PROTOCOLS, "model.rollout.")
+        check_instruction(self.instruction, "model.rollout.instruction")
 
 
 @dataclass
@@ -157,7 +164,8 @@ class AgentLoop:
         self.stats = RolloutStats()
         c = self.config
         trajectories = [
-            Trajectory(self.protocol.prompt_ids(self.tokenizer, q, c.max_parallel_queries)) for q in questions
+            Trajectory(self.protocol.prompt_ids(self.tokenizer, q, c.max_parallel_queries, c.instruction))
+            for q in questions
         ]
         for t in trajectories:
             if t.length >= self.max_length:

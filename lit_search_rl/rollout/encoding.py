@@ -25,9 +25,13 @@ def encode_messages(
     return list(ids)
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int = 3) -> list[int]:
-    """Ids of the chat-templated user turn of the tag protocol, ending with the opened assistant turn."""
-    return encode_messages(tokenizer, [{"role": "user", "content": user_prompt(question, max_queries)}])
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int = 3, instruction: str | None = None
+) -> list[int]:
+    """Ids of the chat-templated user turn of the tag protocol, ending with the opened assistant turn
+    (``instruction``: the user message's template, ``tags.user_prompt``)."""
+    content = user_prompt(question, max_queries, instruction)
+    return encode_messages(tokenizer, [{"role": "user", "content": content}])
 
 
 def encode_segments(

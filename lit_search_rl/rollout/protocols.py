@@ -43,8 +43,11 @@ class AgentProtocol(ABC):
     """Strings that end a model turn (EOS always does)."""
 
     @abstractmethod
-    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int) -> list[int]:
-        """Ids of the chat-templated prompt, ending with the opened assistant turn."""
+    def prompt_ids(
+        self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int, instruction: str | None = None
+    ) -> list[int]:
+        """Ids of the chat-templated prompt, ending with the opened assistant turn; ``instruction`` is the user
+        message's template (``{question}``, ``{max_queries}``), the protocol's own when unset."""
 
     @abstractmethod
     def parse(self, turn_text: str, max_queries: int) -> actions.Action:
@@ -69,8 +72,10 @@ class TagProtocol(AgentProtocol):
 
     stop = (SEARCH_CLOSE, ANSWER_CLOSE)
 
-    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int) -> list[int]:
-        return encode_prompt(tokenizer, question, max_queries)
+    def prompt_ids(
+        self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int, instruction: str | None = None
+    ) -> list[int]:
+        return encode_prompt(tokenizer, question, max_queries, instruction)
 
     def parse(self, turn_text: str, max_queries: int) -> actions.Action:
         return actions.parse_action(turn_text, max_queries)
@@ -109,8 +114,10 @@ class ToolCallProtocol(AgentProtocol):
 
     stop = (ANSWER_CLOSE,)
 
-    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int) -> list[int]:
-        content = TOOL_INSTRUCTION.format(question=question.strip(), max_queries=max_queries)
+    def prompt_ids(
+        self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int, instruction: str | None = None
+    ) -> list[int]:
+        content = (instruction or TOOL_INSTRUCTION).format(question=question.strip(), max_queries=max_queries)
         return encode_messages(tokenizer, [{"role": "user", "content": content}], tools=[SEARCH_TOOL])
 
     def parse(self, turn_text: str, max_queries: int) -> actions.Action:

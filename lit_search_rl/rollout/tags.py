@@ -40,9 +40,25 @@ INSTRUCTION = (
 )
 
 
-def user_prompt(question: str, max_queries: int = 3) -> str:
-    """The user message that asks ``question`` and explains the protocol."""
-    return INSTRUCTION.format(question=question.strip(), max_queries=max_queries)
+def user_prompt(question: str, max_queries: int = 3, instruction: str | None = None) -> str:
+    """The user message that asks ``question``: ``instruction`` (Search-R1's, which explains the protocol, when
+    unset) with ``{question}`` and ``{max_queries}`` filled in."""
+    return (instruction or INSTRUCTION).format(question=question.strip(), max_queries=max_queries)
+
+
+def check_instruction(instruction: str | None, field: str) -> None:
+    """Raise naming ``field`` unless ``instruction`` is unset or a template that asks ``{question}`` and uses no
+    placeholder but ``{question}`` and ``{max_queries}``."""
+    if instruction is None:
+        return
+    if "{question}" not in instruction:
+        raise ValueError(f"{field} must contain {{question}} (got {instruction!r})")
+    try:
+        instruction.format(question="", max_queries=1)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"{field}: {instruction!r} is not a template of {{question}} and {{max_queries}} ({error!r})"
+        ) from None
 
 
 def search_call(queries: Sequence[str]) -> str:
