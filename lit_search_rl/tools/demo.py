@@ -37,7 +37,7 @@ class DemoSettings:
 
     copy_drills: int = 800
     """Optimizer steps on copy drills at the start of the SFT warm start (``data.copy_drills``)."""
-    sft_steps: int = 500
+    sft_steps: int = 1100
     """Optimizer steps of the SFT warm start on expert trajectories, after the copy drills."""
     sft_learning_rate: float = 3e-3
     """Peak learning rate of the SFT warm start."""
