@@ -26,6 +26,14 @@ def ordinary_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     return torch.tensor([i for i in range(len(tokenizer)) if i not in excluded], dtype=torch.long)
 
 
+def check_drill_shape(length: int, chunk: int, length_name: str = "length", chunk_name: str = "chunk") -> None:
+    """Raise naming both options unless ``length`` is a multiple of ``chunk`` and ``chunk`` is at least 2."""
+    if chunk < 2 or length < chunk or length % chunk:
+        raise ValueError(
+            f"{length_name} ({length}) must be a multiple of {chunk_name} ({chunk}), which must be at least 2"
+        )
+
+
 class CopyDrills(Dataset):
     """``rows`` copy-drill rows over ``token_ids``, each a dict with ``input_ids``, ``loss_mask``,
     ``information_mask`` and ``copy_mask`` (the loss mask: every target is a copy) like a trajectory's.
@@ -40,8 +48,7 @@ class CopyDrills(Dataset):
     """
 
     def __init__(self, token_ids: torch.Tensor, rows: int, length: int = 64, chunk: int = 4, seed: int = 0) -> None:
-        if chunk < 2 or length % chunk:
-            raise ValueError(f"copy drills: length ({length}) must be a multiple of chunk ({chunk}), chunk at least 2")
+        check_drill_shape(length, chunk, "copy drills: length")
         if len(token_ids) < 2:
             raise ValueError("copy drills: the tokenizer has fewer than 2 ordinary tokens")
         self.token_ids, self.rows, self.length, self.chunk, self.seed = token_ids, rows, length, chunk, seed

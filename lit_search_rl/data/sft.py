@@ -25,7 +25,7 @@ from lightning import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lit_search_rl.data.copy_drills import CopyDrills, ordinary_token_ids
+from lit_search_rl.data.copy_drills import CopyDrills, check_drill_shape, ordinary_token_ids
 from lit_search_rl.data.synthetic.expert import (
     Segment,
     gold_documents,
@@ -229,11 +229,7 @@ class SFTDataModule(LightningDataModule):
         check_instruction(instruction, "data.instruction")
         if copy_drills < 0:
             raise ValueError(f"data.copy_drills must not be negative (got {copy_drills})")
-        if copy_drill_chunk < 2 or copy_drill_length < copy_drill_chunk or copy_drill_length % copy_drill_chunk:
-            raise ValueError(
-                f"data.copy_drill_length ({copy_drill_length}) must be a multiple of data.copy_drill_chunk "
-                f"({copy_drill_chunk}), which must be at least 2"
-            )
+        check_drill_shape(copy_drill_length, copy_drill_chunk, "data.copy_drill_length", "data.copy_drill_chunk")
         self.save_hyperparameters()
         self.world = Path(world)
         self.tokenizer_name = tokenizer
@@ -287,22 +283,19 @@ class SFTDataModule(LightningDataModule):
         pad_id = self._tokenizer().pad_token_id
         h = self.hparams
         size = h.batch_size
+        dataset = examples
         if not shuffle:
             batches = [list(range(i, min(i + size, len(examples)))) for i in range(0, len(examples), size)]
-            return DataLoader(examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
-        batches = LengthGroupedBatches([len(e["input_ids"]) for e in examples], size, f"{h.seed}-{epoch}")
-        if epoch > 0 or not h.copy_drills:
-            return DataLoader(examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
-        # The drills follow the trajectories in the dataset and come first in the batches.
-        drills = CopyDrills(ordinary_token_ids(self._tokenizer()), h.copy_drills * size, h.copy_drill_length,
-                            h.copy_drill_chunk, h.seed)  # fmt: skip
-        offset = len(examples)
-        drill_batches = [list(range(offset + i, offset + i + size)) for i in range(0, len(drills), size)]
-        return DataLoader(
-            ConcatDataset([examples, drills]),
-            batch_sampler=DrillsFirst(drill_batches, batches),
-            collate_fn=lambda batch: pad_batch(batch, pad_id),
-        )
+        else:
+            batches = LengthGroupedBatches([len(e["input_ids"]) for e in examples], size, f"{h.seed}-{epoch}")
+            if epoch == 0 and h.copy_drills:
+                # The drills follow the trajectories in the dataset and come first in the batches.
+                drills = CopyDrills(ordinary_token_ids(self._tokenizer()), h.copy_drills * size, h.copy_drill_length,
+                                    h.copy_drill_chunk, h.seed)  # fmt: skip
+                dataset, offset = ConcatDataset([examples, drills]), len(examples)
+                batches = DrillsFirst([list(range(offset + i, offset + i + size)) for i in range(0, len(drills), size)],
+                                      batches)  # fmt: skip
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, pad_id))
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

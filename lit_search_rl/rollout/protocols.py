@@ -33,6 +33,7 @@ from lit_search_rl.rollout.tags import (
     SEARCH_CLOSE,
     format_documents,
     information_block,
+    user_prompt,
 )
 
 
@@ -117,7 +118,7 @@ class ToolCallProtocol(AgentProtocol):
     def prompt_ids(
         self, tokenizer: PreTrainedTokenizerBase, question: str, max_queries: int, instruction: str | None = None
     ) -> list[int]:
-        content = (instruction or TOOL_INSTRUCTION).format(question=question.strip(), max_queries=max_queries)
+        content = user_prompt(question, max_queries, instruction or TOOL_INSTRUCTION)
         return encode_messages(tokenizer, [{"role": "user", "content": content}], tools=[SEARCH_TOOL])
 
     def parse(self, turn_text: str, max_queries: int) -> actions.Action:

@@ -40,7 +40,7 @@ def synth(argv: Sequence[str]) -> None:
 
 
 def tiny_model(argv: Sequence[str]) -> None:
-    """Train the tokenizer on a world and save a randomly initialised tiny Qwen3 model."""
+    """Train the tokenizer on a world and save a randomly initialised tiny decoder."""
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
 
     parser = make_parser(
