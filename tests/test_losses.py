@@ -31,8 +31,11 @@ def test_group_advantages_by_hand() -> None:
     batch_std = math.sqrt((4 * (3 / 7) ** 2 + 3 * (4 / 7) ** 2) / 6)
     batch = group_advantages(rewards, ids, scale="batch")
     assert torch.allclose(batch, none / (batch_std + 1e-6), atol=1e-6)
+    # Only the better-than-average rollouts keep their (GRPO) advantage.
+    positive = group_advantages(rewards, ids, scale="group_positive")
+    assert torch.allclose(positive, torch.tensor([0.5, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0]), atol=1e-5)
     # Zero-variance and single-trajectory groups are exactly zero in every mode.
-    for scale in ("group", "batch", "none"):
+    for scale in ("group", "batch", "none", "group_positive"):
         assert (group_advantages(rewards, ids, scale=scale)[4:] == 0).all()
 
 

@@ -22,7 +22,8 @@ class LossConfig:
 
     advantage_scale: str = "group"
     """A registered advantage estimator: ``group`` (GRPO: the group's std), ``batch`` (the batch's std),
-    ``none`` (Dr. GRPO: the group mean subtracted only), or one of your own (``grpo.losses.register_advantage``)."""
+    ``none`` (Dr. GRPO: the group mean subtracted only), ``group_positive`` (GRPO's, with the negative ones set to
+    0), or one of your own (``grpo.losses.register_advantage``)."""
     policy_loss: str = "ppo_clip"
     """A registered policy loss: ``ppo_clip`` (the clipped surrogate, with clip-higher and dual clip), or one of
     your own (``grpo.losses.register_policy_loss``)."""

@@ -69,6 +69,12 @@ def _centred_only(centred: torch.Tensor, rewards: torch.Tensor, group: torch.Ten
     return centred  # Dr. GRPO: the group mean subtracted, no scaling
 
 
+@register_advantage("group_positive")
+def _group_std_positive(centred: torch.Tensor, rewards: torch.Tensor, group: torch.Tensor, eps: float) -> torch.Tensor:
+    # GRPO's advantages with the negative ones set to 0: only better-than-average rollouts are reinforced.
+    return _group_std(centred, rewards, group, eps).clamp(min=0.0)
+
+
 class PolicyLoss(Protocol):
     """A policy loss: (N, T) logprobs, old logprobs, advantages and mask, settings as keywords, to
     (scalar loss, detached statistics); see ``policy_loss`` for the arguments."""
