@@ -107,8 +107,15 @@ def check_loss_settings(values: Mapping[str, Any], prefix: str = "model.loss.") 
 
 def check_optimizer_settings(values: Mapping[str, Any], prefix: str = "model.optimizer.") -> None:
     """The optimizer settings' numbers (``grpo.config.OptimizerConfig``)."""
-    _finite(values, ("learning_rate", "weight_decay", "gradient_clip"), prefix)
+    _finite(values, ("learning_rate", "weight_decay", "gradient_clip", "adam_beta1", "adam_beta2", "adam_eps"), prefix)
     _at_least(values, ("warmup_steps",), 0, prefix)
+    for name in ("adam_beta1", "adam_beta2"):
+        beta = _number(values, name, prefix)
+        if beta is not None and beta >= 1:
+            raise ValueError(f"{prefix}{name} must be in [0, 1) (got {beta})")
+    eps = _number(values, "adam_eps", prefix)
+    if eps is not None and eps <= 0:
+        raise ValueError(f"{prefix}adam_eps must be above 0 (got {eps})")
 
 
 def _check_reward(name: Any, prefix: str) -> None:

@@ -49,6 +49,9 @@ def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECY
         (["--model.init_args.optimizer.learning_rate", "abc"], ["model.optimizer.learning_rate", "a number", "'abc'"]),
         (["--model.optimizer.learning_rate", "abc"], ["model.optimizer.learning_rate", "a number"]),
         (["--model.loss.clip_low=1.5"], ["model.loss.clip_low", "[0, 1)"]),
+        (["--model.optimizer.adam_beta1=1"], ["model.optimizer.adam_beta1", "[0, 1)"]),
+        (["--model.init_args.optimizer.adam_beta2", "-0.5"], ["model.optimizer.adam_beta2", "not be negative"]),
+        (["--model.optimizer.adam_eps=0"], ["model.optimizer.adam_eps", "above 0"]),
         (["--model.learning_rate", "1e-5"], ["model.learning_rate was renamed model.optimizer.learning_rate"]),
         (["--data.init_args.recycled_weight", "-1"], ["data.recycled_weight", "[0, 1]", "-1"]),
         # a nested key or a flag without its value does not hide the other settings

@@ -35,11 +35,19 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
         ({"loss": LossConfig(kl_estimator="k9")}, "model.loss.kl_estimator"),
         ({"loss": LossConfig(advantage_scale="rank")}, "model.loss.advantage_scale must be one of group, batch, none"),
         ({"optimizer": OptimizerConfig(learning_rate=float("nan"))}, "model.optimizer.learning_rate"),
+        ({"optimizer": OptimizerConfig(adam_beta2=1.0)}, "model.optimizer.adam_beta2"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
         module(model_dir, bm25_dir, **kwargs)
+
+
+def test_the_optimizer_takes_adams_settings() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3))
+    built = OptimizerConfig(learning_rate=1e-3, adam_beta1=0.95, adam_beta2=0.99, adam_eps=1e-5).build([weight])
+    group = built["optimizer"].param_groups[0]
+    assert group["betas"] == (0.95, 0.99) and group["eps"] == 1e-5 and group["lr"] == pytest.approx(1e-3)
 
 
 def nan_for_paris(answer: str | None, golden_answers: list[str]) -> float:

@@ -66,13 +66,21 @@ class OptimizerConfig:
     """AdamW weight decay."""
     gradient_clip: float = 1.0
     """Maximum gradient norm; 0 turns clipping off."""
+    adam_beta1: float = 0.9
+    """AdamW's decay of the gradient's running mean, in [0, 1): nearer 1 averages a noisy gradient over more steps."""
+    adam_beta2: float = 0.999
+    """AdamW's decay of the squared gradient's running mean, in [0, 1)."""
+    adam_eps: float = 1e-8
+    """AdamW's term added to the root of the squared-gradient mean (above 0): a larger one shrinks the steps of
+    parameters whose gradients are tiny instead of scaling them up to the learning rate."""
 
     def validate(self, prefix: str = "model.optimizer.") -> None:
         check_optimizer_settings(asdict(self), prefix)
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> dict:
         """AdamW over ``params`` and its warm-up schedule, as Lightning's ``configure_optimizers`` returns them."""
-        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, betas=(self.adam_beta1, self.adam_beta2),
+                                      eps=self.adam_eps, weight_decay=self.weight_decay)  # fmt: skip
         warmup = max(1, self.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
