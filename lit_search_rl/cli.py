@@ -45,10 +45,40 @@ def lightning_cli(argv: Sequence[str] | None) -> None:
     The config files and the model and data settings are checked first, before Lightning, torch and
     transformers are imported (several seconds): a typo fails at once. LightningCLI checks them all again.
     """
-    precheck(sys.argv[1:] if argv is None else argv)
+    args = nested_nulls_as_mappings(sys.argv[1:] if argv is None else argv)
+    precheck(args)
     from lit_search_rl.lightning_cli import SearchRLCLI
 
-    SearchRLCLI(args=None if argv is None else list(argv))
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI reads the command line itself
+    SearchRLCLI(args=None if argv is None else args)
+
+
+def nested_nulls_as_mappings(argv: Sequence[str]) -> list[str]:
+    """``--model.init_args.rollout.max_doc_chars=null`` rewritten as ``--model.init_args.rollout={"max_doc_chars":
+    null}``, for every ``model`` or ``data`` option two levels down whose value is a YAML null.
+
+    jsonargparse (4.53) reads a null given the first way, to a field of an optional dataclass
+    (``rollout: RolloutConfig | None``) of a section in subclass mode, as the text 'None': an integer field
+    fails and a text field silently becomes "None". Given as a mapping, the null is read as None and merged
+    with the fields set before it, which is what the first way means.
+    """
+    out, args, i = [], list(argv), 0
+    while i < len(args):
+        flag, inline, value = args[i].partition("=")
+        takes_next = not inline and i + 1 < len(args) and not args[i + 1].startswith("--")
+        if takes_next:
+            value = args[i + 1]
+        name, _, key = flag.removeprefix("--").partition(".")
+        parts = key.removeprefix("init_args.").split(".")
+        if (flag.startswith("--") and name in _SECTIONS and len(parts) == 2 and all(parts)
+                and (inline or takes_next) and value.strip() and _yaml_value(value) is None):  # fmt: skip
+            out.append(f'--{name}.init_args.{parts[0]}={{"{parts[1]}": null}}')
+            i += 2 if takes_next else 1
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -307,3 +307,32 @@ def test_the_fast_check_leaves_reward_names_to_the_resolved_classes(tmp_path: Pa
     reward = ["--model.init_args.reward", "registered-by-an-imported-module"]
     precheck(["fit", "--config", RECYCLE, "--model.init_args.model", str(tmp_path), *reward,
               "--data.init_args.val_sets", "[]"])  # fmt: skip
+
+
+def test_a_null_two_levels_down_is_given_as_a_mapping() -> None:
+    from lit_search_rl.cli import nested_nulls_as_mappings
+
+    given = ["fit", "--model.init_args.rollout.max_doc_chars=null", "--model.rollout.instruction", "~",
+             "--model.init_args.rollout.max_turns=3", "--trainer.logger.init_args.save_dir=null",
+             "--model.init_args.model=null", "--data.init_args.seed", "null", "--model.loss.kl_coef", "0"]  # fmt: skip
+    assert nested_nulls_as_mappings(given) == [
+        "fit", '--model.init_args.rollout={"max_doc_chars": null}', '--model.init_args.rollout={"instruction": null}',
+        "--model.init_args.rollout.max_turns=3", "--trainer.logger.init_args.save_dir=null",
+        "--model.init_args.model=null", "--data.init_args.seed", "null", "--model.loss.kl_coef", "0",
+    ]  # fmt: skip
+
+
+def test_a_null_for_a_rollout_field_reaches_the_module_as_none(
+    world_dir: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jsonargparse alone would give the text 'None' (an error for an integer field, "None" for a text one)."""
+    args = ["fit", "--config", RECYCLE, "--model.init_args.model", str(model_dir), "--model.init_args.retriever",
+            "empty://", "--data.init_args.train", str(world_dir / "train.jsonl"), "--data.init_args.val_sets=[]",
+            "--data.init_args.test_sets=[]", "--model.init_args.rollout.max_doc_chars=null",
+            "--model.init_args.rollout.instruction", "null", "--print_config"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code in (0, None)
+    rollout = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["rollout"]
+    assert rollout["max_doc_chars"] is None and rollout["instruction"] is None
+    assert rollout["max_turns"] == 5 and rollout["documents_per_query"] == 1  # the config's other fields stay
