@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from lit_search_rl.tools.common import ToolError, make_parser
 
 if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
+
     from lit_search_rl.data.synthetic.world import WorldConfig
 
 FAMILIES = ("chain", "iterative", "comparison")
@@ -85,7 +87,7 @@ def _configs() -> Path:
     return folder
 
 
-def _lightning(args: list[str]):
+def _lightning(args: list[str]) -> LightningCLI:
     from lit_search_rl.lightning_cli import SearchRLCLI
 
     return SearchRLCLI(args=args)
@@ -126,7 +128,7 @@ def evaluate_policy(out: Path, policy: Path, name: str, seed: int, retriever: st
 
 
 def train_grpo(out: Path, seed: int, settings: DemoSettings, name: str = "grpo-recycle",
-               extra: Sequence[str] = ()):  # fmt: skip
+               extra: Sequence[str] = ()) -> LightningCLI:  # fmt: skip
     """The demo's GRPO stage from the warm start in ``out``: ``fit`` of ``grpo-recycle.yaml``, logged as ``name``
     and exported to ``out / f"{name}-model"``; ``extra`` command-line overrides come last, so they win.
     Returns the finished ``LightningCLI``."""
