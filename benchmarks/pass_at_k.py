@@ -5,8 +5,8 @@ Run after ``make demo`` (its warm start, index and RL pool by default):
     .venv/bin/python benchmarks/pass_at_k.py --questions 240 --k 8 --temperature 0.7
 
 Each question is rolled out once greedily and ``k`` times sampled with the demo's rollout settings (the
-agent loop with the torch engine, one passage per query, the short instruction) and scored with the EM
-reward. The split of questions into greedy right or wrong and some sample right or none says how far
+agent loop with the torch engine and the rollout section of ``configs/synthetic/grpo-recycle.yaml``) and
+scored with the EM reward. The split of questions into greedy right or wrong and some sample right or none says how far
 reinforcing the policy's own right samples could move greedy EM. Prints one line for RESULTS.md.
 """
 
@@ -16,6 +16,8 @@ import argparse
 import collections
 import json
 from pathlib import Path
+
+import yaml
 
 from lit_search_rl.threads import configure_threads
 
@@ -28,6 +30,8 @@ from lit_search_rl.rewards import get_reward  # noqa: E402
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig  # noqa: E402
 from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
 from lit_search_rl.rollout.torch_engine import TorchEngine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -42,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.run / args.model)
     model = AutoModelForCausalLM.from_pretrained(args.run / args.model).eval()
-    config = RolloutConfig(max_turns=5, documents_per_query=1, instruction="Question: {question}",
-                           max_new_tokens_per_turn=64, max_total_tokens=1024, max_information_tokens=384)  # fmt: skip
+    demo_config = yaml.safe_load((ROOT / "configs" / "synthetic" / "grpo-recycle.yaml").read_text())
+    config = RolloutConfig(**demo_config["model"]["init_args"]["rollout"])  # the demo's GRPO rollouts
     retriever, em = load_retriever(args.run / "index"), get_reward("em")
     rows = [json.loads(line) for line in (args.run / args.split).read_text().splitlines()[: args.questions]]
 

@@ -63,21 +63,16 @@ def nested_nulls_as_mappings(argv: Sequence[str]) -> list[str]:
     fails and a text field silently becomes "None". Given as a mapping, the null is read as None and merged
     with the fields set before it, which is what the first way means.
     """
-    out, args, i = [], list(argv), 0
-    while i < len(args):
-        flag, inline, value = args[i].partition("=")
-        takes_next = not inline and i + 1 < len(args) and not args[i + 1].startswith("--")
-        if takes_next:
-            value = args[i + 1]
+    args, out, start = list(argv), [], 0
+    for flag, value, step in _options(args):
         name, _, key = flag.removeprefix("--").partition(".")
         parts = key.removeprefix("init_args.").split(".")
-        if (flag.startswith("--") and name in _SECTIONS and len(parts) == 2 and all(parts)
-                and (inline or takes_next) and value.strip() and _yaml_value(value) is None):  # fmt: skip
+        if (flag.startswith("--") and name in _SECTIONS and len(parts) == 2 and all(parts) and value.strip()
+                and _yaml_value(value) is None):  # fmt: skip
             out.append(f'--{name}.init_args.{parts[0]}={{"{parts[1]}": null}}')
-            i += 2 if takes_next else 1
-            continue
-        out.append(args[i])
-        i += 1
+        else:
+            out += args[start : start + step]
+        start += step
     return out
 
 
@@ -146,19 +141,10 @@ def precheck(argv: Sequence[str]) -> None:
     printing = any(a.startswith("--print_config") for a in args)
     sections: dict[str, dict | object] = {name: {"class_path": None, "init_args": {}} for name in _SECTIONS}
     flagged: dict[str, list[str]] = {name: [] for name in _SECTIONS}  # the options given as flags, by section
-    i = 0
-    while i < len(args):
-        flag, inline, value = args[i].partition("=")
-        step = 1  # tokens this option takes: 2 when its value is the next one
-        if not inline:
-            value = args[i + 1] if i + 1 < len(args) else ""
-            if value.startswith("-") and not _is_number(value):  # a flag given without a value
-                value = ""
-            else:
-                step = 2
+    for flag, value, _ in _options(args):
         if flag.startswith("--print_config"):
-            step = 1  # its value, if any, is given inline (--print_config=skip_null)
-        elif flag in ("-c", "--config"):
+            continue
+        if flag in ("-c", "--config"):
             for name, given in _read_config(value).items():
                 if name in sections:
                     _merge(sections, name, given)
@@ -170,7 +156,6 @@ def precheck(argv: Sequence[str]) -> None:
                 sections[name] = _UNSURE
             elif sections[name] is not _UNSURE:  # a nested key (loss.clip_low) goes into its section's mapping
                 _set_nested(sections[name]["init_args"], key.replace(".init_args.", ".").split("."), _yaml_value(value))
-        i += step
     known = {name: section for name, section in sections.items() if section is not _UNSURE}
     for name, section in known.items():
         check_renamed(name, section["class_path"], [*flagged[name], *_dotted(section["init_args"])])
@@ -253,6 +238,25 @@ def _deep_update(values: dict, given: dict) -> None:
             _deep_update(values[key], value)
         else:
             values[key] = value
+
+
+def _options(args: Sequence[str]) -> list[tuple[str, str, int]]:
+    """Each option of ``args`` as (flag, value, tokens it takes), as jsonargparse pairs them: the value given
+    inline (``--a=1``) or as the next token unless that is another flag; ``--print_config`` takes only an
+    inline value. A flag without a value has value ""."""
+    options, i = [], 0
+    while i < len(args):
+        flag, inline, value = args[i].partition("=")
+        step = 1  # tokens this option takes: 2 when its value is the next one
+        if not inline and not flag.startswith("--print_config"):
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if value.startswith("-") and not _is_number(value):  # a flag given without a value
+                value = ""
+            else:
+                step = 2
+        options.append((flag, value, step))
+        i += step
+    return options
 
 
 def _is_number(text: str) -> bool:
