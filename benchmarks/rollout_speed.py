@@ -4,9 +4,11 @@ Run: ``.venv/bin/python benchmarks/rollout_speed.py`` after ``make demo`` (and `
 SmolLM2-135M case; a case whose model folder is missing is skipped). Each (case, load, engine) runs in
 a fresh process, on the same questions and seeds, and measures:
 
-- ``agent tokens/s``: generated tokens per second of one ``AgentLoop.rollout`` of the case's B
-  trajectories with the demo's rollout settings (5 turns of at most 64 tokens, BM25 in process),
-  wall time of the whole loop (prefill, decoding, retrieval);
+- ``agent tokens/s``: generated tokens per second of ``AgentLoop.rollout`` calls of the case's B
+  trajectories (B / 4 questions, K = 4) with the rollout settings of the case's config (the tiny model:
+  ``configs/synthetic/grpo-recycle.yaml``, the demo's; SmolLM2: ``grpo-smollm2.yaml``), BM25 in process,
+  wall time of the whole loop (prefill, decoding, retrieval), over ``--rollouts`` calls on different
+  questions and seeds;
 - ``decode ms/step``: one ``generate`` call of B prompts for 64 tokens, minus a 1-token call (the
   prefill), divided by the extra steps; ``prefill ms``: the 1-token call (without reuse of an earlier
   call's keys and values: each call computes its prompts; the K copies of a prompt share one pass);
@@ -32,14 +34,16 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from thread_settings import gemm_gflops, run_child
 
 from lit_search_rl.threads import configure_threads
 
-CASES = {  # name: (model folder, B)
-    "tiny B=32": ("runs/demo/sft-model", 32),
-    "tiny B=64": ("runs/demo/sft-model", 64),
-    "SmolLM2-135M B=16": ("runs/smollm2-135m-instruct", 16),
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {  # name: (model folder, B, the config whose rollout settings the case uses)
+    "tiny B=32": ("runs/demo/sft-model", 32, "grpo-recycle.yaml"),
+    "tiny B=64": ("runs/demo/sft-model", 64, "grpo-recycle.yaml"),
+    "SmolLM2-135M B=16": ("runs/smollm2-135m-instruct", 16, "grpo-smollm2.yaml"),
 }
 ENGINES = ("hf", "torch")
 LOADS = ("quiet", "busy")
@@ -64,23 +68,29 @@ def child(args: argparse.Namespace) -> dict:
     model = load_policy(args.model)
     result["parameters"] = sum(p.numel() for p in model.parameters())
     rows = list(read_jsonl(args.world / "train.jsonl"))
-    questions = [rows[i % len(rows)]["question"] for i in range(args.batch // 4) for _ in range(4)]
-    config = RolloutConfig(max_turns=5, max_new_tokens_per_turn=64, max_total_tokens=1024, max_information_tokens=384)
+    settings = yaml.safe_load((ROOT / "configs" / "synthetic" / args.config).read_text())
+    config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
     engine_class = TorchEngine if args.engine == "torch" else HFEngine
     agent = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)),
                       load_retriever(args.index), tokenizer, config)  # fmt: skip
     start = time.perf_counter()
-    agent.rollout(questions[:2])
+    agent.rollout([rows[0]["question"]] * 2)
     result["first_call_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    trajectories = agent.rollout(questions)
-    result["agent_s"] = time.perf_counter() - start
-    result["agent_tokens"] = agent.stats.generated_tokens
-    result["agent_tokens_per_s"] = agent.stats.generated_tokens / result["agent_s"]
-    result["searches"] = sum(t.num_searches for t in trajectories)
+    result.update(agent_s=0.0, agent_tokens=0, searches=0)
+    groups = args.batch // 4
+    for call in range(args.rollouts):  # the same questions for every engine, seeded alike
+        questions = [rows[(call * groups + i) % len(rows)]["question"] for i in range(groups) for _ in range(4)]
+        start = time.perf_counter()
+        trajectories = agent.rollout(questions)
+        result["agent_s"] += time.perf_counter() - start
+        result["agent_tokens"] += agent.stats.generated_tokens
+        result["searches"] += sum(t.num_searches for t in trajectories)
+    result["agent_tokens_per_s"] = result["agent_tokens"] / result["agent_s"]
 
-    prompts = [TagProtocol().prompt_ids(tokenizer, q, config.max_parallel_queries) for q in questions]
+    questions = [rows[i % len(rows)]["question"] for i in range(groups) for _ in range(4)]
+    protocol = TagProtocol()
+    prompts = [protocol.prompt_ids(tokenizer, q, config.max_parallel_queries, config.instruction) for q in questions]
     # Each call starts from scratch: the same prompts again would take the previous call's keys and values.
     fresh = {"reuse_prefixes": False} if args.engine == "torch" else {}
     engine = engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=1), **fresh)
@@ -103,9 +113,10 @@ def child(args: argparse.Namespace) -> dict:
 
 def measure(case: str, engine: str, args: argparse.Namespace) -> dict:
     """One engine on one case in a fresh process; its figures plus wall time and the other processes' load."""
-    model, batch = CASES[case]
+    model, batch, config = CASES[case]
     command = [sys.executable, __file__, "--child", "--engine", engine, "--model", model, "--batch", str(batch),
-               "--world", str(args.world), "--index", str(args.index)]  # fmt: skip
+               "--config", config, "--rollouts", str(args.rollouts), "--world", str(args.world),
+               "--index", str(args.index)]  # fmt: skip
     return run_child(command, args.timeout)
 
 
@@ -141,12 +152,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--loads", nargs="+", default=list(LOADS), choices=list(LOADS))
+    parser.add_argument("--rollouts", type=int, default=4, help="agent-loop calls per row (their tokens/s pooled)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per row")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout_speed.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_threads()  # before torch loads OpenMP, here and in the children
     if args.child:

@@ -11,7 +11,7 @@ from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.torch_engine import SlotCache, TorchEngine, length_groups, unsupported_reason
+from lit_search_rl.rollout.torch_engine import Rope, SlotCache, TorchEngine, length_groups, rotate, unsupported_reason
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,23 @@ def test_logprobs_equal_a_teacher_forced_forward(model, tokenizer) -> None:
             logp = model(ids).logits.float().log_softmax(-1)[0, len(prompt) - 1 : -1]
         expected = logp.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
         assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("rope_type", ["default", "dynamic"], ids=["table", "per call"])
+def test_rotary_angles_and_rotation_equal_the_models_own(model, rope_type: str, monkeypatch) -> None:
+    from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+
+    monkeypatch.setattr(model.model.rotary_emb, "rope_type", rope_type)
+    rope = Rope(model, 64)
+    assert (rope.table is None) == (rope_type == "dynamic")
+    positions = torch.tensor([[0, 5, 63], [7, 7, 1]])  # (B, T)
+    d = model.config.head_dim
+    q, k = torch.randn(2, 4, 3, d), torch.randn(2, 2, 3, d)  # (B, heads, T, d)
+    cos, sin = model.model.rotary_emb(q, positions)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    table_cos, signed_sin = rope(positions)
+    assert torch.equal(rotate(q, table_cos, signed_sin), expected_q)  # bit for bit
+    assert torch.equal(rotate(k, table_cos, signed_sin), expected_k)
 
 
 def test_seeded_calls_repeat_and_differ(model, tokenizer) -> None:

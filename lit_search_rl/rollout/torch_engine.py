@@ -207,6 +207,13 @@ class TorchEngine(HFEngine):
         self._kept = self._previous = PrefixIndex()
         self._weights: tuple[int, ...] = ()
         self.warpers = self._warpers()
+        self._stops: dict[tuple[str, ...], StopStringCriteria] = {}
+
+    def _stop_criteria(self, stop: tuple[str, ...]) -> StopStringCriteria:
+        """transformers' stop-string matcher for ``stop``, built once per engine: building it reads the vocabulary."""
+        if stop not in self._stops:
+            self._stops[stop] = StopStringCriteria(self.tokenizer, list(stop))
+        return self._stops[stop]
 
     def _warpers(self) -> LogitsProcessorList:
         # The warpers generate() builds for do_sample, in its order; an inactive setting adds none.
@@ -249,6 +256,7 @@ class TorchEngine(HFEngine):
         lengths = attention_mask.sum(-1).to(device)  # (B,)
         offset = width - lengths  # (B,)
         cache = SlotCache(model.config, rows, width + budget, dtype, device)
+        rope = Rope(model, int(lengths.max()) + budget)
         # Prompts that continue a sequence of the previous call take its keys and values and compute
         # only their new tokens (at least the last one, whose logits start the generation).
         # Rows with the same prompt (the K rollouts of a question) share one forward pass over it.
@@ -266,7 +274,7 @@ class TorchEngine(HFEngine):
         blocked = torch.finfo(dtype).min
         open_slots = torch.zeros((rows, 1, 1, width + budget), dtype=dtype, device=device)  # (B, 1, 1, T + N)
         open_slots.masked_fill_(~key_ok[:, None, None, :], blocked)
-        stop_criteria = StopStringCriteria(self.tokenizer, list(stop)) if stop else None
+        stop_criteria = self._stop_criteria(tuple(stop)) if stop else None
         eos = torch.tensor(sorted(self.eos_ids), device=device)
         unfinished = torch.ones(rows, dtype=torch.bool, device=device)
         logprobs = torch.zeros((rows, budget), dtype=torch.float32, device=device)  # (B, N)
@@ -287,7 +295,9 @@ class TorchEngine(HFEngine):
             mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, blocked)
             positions = (queries[None, :] - offset[index, None]).clamp(min=0)  # (G, F)
             cache.rows, cache.start, cache.end = index, width - fresh, width
-            logits[index] = self._forward(model, ids[index, width - fresh : width], positions, mask[:, None], cache)
+            logits[index] = self._forward(
+                model, ids[index, width - fresh : width], positions, mask[:, None], cache, rope
+            )
         cache.rows = slice(None)
         if copies:
             targets, sources = (torch.tensor(x, device=device) for x in zip(*copies.items(), strict=True))
@@ -322,7 +332,9 @@ class TorchEngine(HFEngine):
                     home[row] = (cache, index)
             cache.advance(1)
             positions = (lengths + (n - 1))[:, None]  # (B, 1)
-            logits = self._forward(model, token[:, None], positions, open_slots[..., cache.first : width + n], cache)
+            logits = self._forward(
+                model, token[:, None], positions, open_slots[..., cache.first : width + n], cache, rope
+            )
         new, chosen = ids[:, width : width + n].cpu(), logprobs[:, :n].cpu()
         generations = [self._row(new[r], chosen[r], budget, stop) for r in range(rows)]
         for row, (prompt, generation) in enumerate(zip(prompts, generations, strict=True)):
@@ -333,48 +345,64 @@ class TorchEngine(HFEngine):
 
     @staticmethod
     def _forward(
-        model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache
+        model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache, rope: Rope
     ) -> torch.Tensor:
         """(B, V) float logits at the last of (B, T) ``ids``, attending to the cache under additive ``mask``.
 
         The decoder's own modules, in its order: the pre-norm decoder of llama, qwen2 and qwen3 (qwen3
-        adds a norm on each query and key head), without transformers' generic dispatch around it.
+        adds a norm on each query and key head), without transformers' generic dispatch around it. A
+        decode step is a few hundred kernels of microseconds each, so every call saved counts: plain
+        linear layers and RMS norms go straight to their functions, and the rotary angles come from a
+        table (``rope``).
         """
         base = model.model
         hidden = base.embed_tokens(ids)  # (B, T, D)
-        cos, sin = base.rotary_emb(hidden, positions)
+        cos, sin = rope(positions)  # (B, 1, T, d)
         batch, length, _ = hidden.shape
         for index, layer in enumerate(base.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch, length, -1, attn.head_dim)  # (B, T, H, d)
-            k = attn.k_proj(x).view(batch, length, -1, attn.head_dim)  # (B, T, KV, d)
-            v = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, KV, T, d)
+            x = rms_norm(layer.input_layernorm, hidden)
+            q = linear(attn.q_proj, x).view(batch, length, -1, attn.head_dim)  # (B, T, H, d)
+            k = linear(attn.k_proj, x).view(batch, length, -1, attn.head_dim)  # (B, T, KV, d)
+            v = linear(attn.v_proj, x).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, KV, T, d)
             if hasattr(attn, "q_norm"):
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+                q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
+            q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
             keys, values = cache.update(k, v, index)  # (B, KV, slots, d)
             out = attention(q, keys, values, mask, attn.scaling)  # (B, T, H * d)
-            hidden = hidden + attn.o_proj(out)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return model.lm_head(base.norm(hidden[:, -1])).float()
+            hidden = hidden + linear(attn.o_proj, out)
+            x = rms_norm(layer.post_attention_layernorm, hidden)
+            mlp = layer.mlp
+            hidden = hidden + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+        return linear(model.lm_head, rms_norm(base.norm, hidden[:, -1])).float()
 
     def _sample(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The next token of each row and its logprob under the raw logits (greedy at temperature 0).
 
         Sampling draws from the distribution ``generate`` samples from (its warpers, in its order) by
         inverting the cumulative distribution: one uniform number per row, where ``torch.multinomial``
-        costs many times a decode step's arithmetic on the CPU.
+        costs many times a decode step's arithmetic on the CPU. Without warpers one softmax gives both
+        the distribution and the logprob (the log of the drawn token's probability, equal to the log-softmax
+        to float precision): ``logsumexp`` and ``exp`` over the vocabulary cost more than the softmax on
+        the CPU.
         """
-        normaliser = logits.logsumexp(-1, keepdim=True)  # (B, 1)
         if self.sampling.temperature == 0:
             token = logits.argmax(-1)
-        else:
-            probs = (logits - normaliser).exp_() if not self.warpers else self.warpers(ids, logits).softmax(-1)
-            cdf = probs.cumsum_(-1)  # (B, V)
-            draw = torch.rand((len(cdf), 1), device=cdf.device) * cdf[:, -1:]
-            token = torch.searchsorted(cdf, draw, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+            return token, (logits.gather(-1, token[:, None]) - logits.logsumexp(-1, keepdim=True))[:, 0]
+        if not self.warpers:
+            probs = logits.softmax(-1)  # (B, V)
+            token = self._draw(probs)
+            return token, probs.gather(-1, token[:, None])[:, 0].log()
+        normaliser = logits.logsumexp(-1, keepdim=True)  # (B, 1): of the raw logits, before any warper
+        token = self._draw(self.warpers(ids, logits).softmax(-1))
         return token, (logits.gather(-1, token[:, None]) - normaliser)[:, 0]
+
+    @staticmethod
+    def _draw(probs: torch.Tensor) -> torch.Tensor:
+        """One token per row of (B, V) ``probs``: a uniform number per row on the cumulative distribution."""
+        cdf = probs.cumsum(-1)  # (B, V)
+        draw = torch.rand((len(cdf), 1), device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, draw, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
 
 
 def length_groups(lengths: Sequence[int], group_cost: int) -> list[list[int]]:
@@ -399,15 +427,57 @@ def length_groups(lengths: Sequence[int], group_cost: int) -> list[list[int]]:
     return groups[::-1]
 
 
-def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position embedding of (B, heads, T, d) queries and keys with (B, T, d) ``cos`` and ``sin``."""
-    cos, sin = cos[:, None], sin[:, None]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+class Rope:
+    """The rotary angles of positions ``0 .. n - 1``, computed once by the model's own rotary embedding.
+
+    The angles of a position do not depend on the others, so a table lookup gives the very values the
+    module computes, for one kernel instead of a dozen per step. Rotary types whose angles depend on the
+    sequence length (``dynamic``, ``longrope``) are computed by the module at every call instead. The
+    sine is stored with its first half negated, so that a rotation is ``x * cos + roll(x) * sin``.
+    """
+
+    PER_CALL = ("dynamic", "longrope")
+
+    def __init__(self, model, n: int) -> None:
+        self.module = model.model.rotary_emb
+        self.dtype = model.dtype
+        self.table: tuple[torch.Tensor, torch.Tensor] | None = None
+        if getattr(self.module, "rope_type", "default") not in self.PER_CALL:
+            self.table = self._angles(torch.arange(n, device=model.device)[None])  # (1, n, d) each
+            self.table = (self.table[0][0], self.table[1][0])
+
+    def _angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.module(torch.empty(0, dtype=self.dtype, device=positions.device), positions)
+        half = sin.shape[-1] // 2
+        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, T, d) cosines and signed sines of (B, T) ``positions``, broadcast over heads."""
+        cos, sin = (t[positions] for t in self.table) if self.table is not None else self._angles(positions)
+        return cos[:, None], sin[:, None]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of (B, heads, T, d) ``x``: transformers' ``x * cos + rotate_half(x) * sin``.
+
+    ``rotate_half(x)`` is ``x`` with its halves swapped and the first negated; ``sin`` carries that sign
+    (``Rope``), so the swap is one ``roll`` and the product is the same, bit for bit.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; a plain ``nn.Linear`` goes straight to its function (adapters keep their own forward)."""
+    if type(module) is torch.nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def rms_norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for transformers' RMS norms; in float32 torch's fused kernel, which gives the same values."""
+    if x.dtype == torch.float32 and type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+    return module(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

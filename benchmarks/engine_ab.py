@@ -1,0 +1,83 @@
+"""The torch engine of this tree against the one of an earlier commit, alternated in one process.
+
+Run after ``make demo``: ``.venv/bin/python benchmarks/engine_ab.py --against HEAD~1 --rollouts 6``. The engine
+module of ``--against`` is read with ``git show`` and loaded beside this tree's; each repetition rolls out the
+same B trajectories (B / 4 questions, K = 4, the demo's rollout settings from ``grpo-recycle.yaml``) with
+``HFEngine``, the earlier ``TorchEngine`` and this tree's, on new questions and seeds each time, so that a
+slow spell of a shared machine hits all three alike. Prints tokens/s per engine and the per-repetition ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from lit_search_rl.threads import configure_threads
+
+configure_threads()
+
+from lit_search_rl.io import read_jsonl  # noqa: E402
+from lit_search_rl.policy import load_policy, load_tokenizer  # noqa: E402
+from lit_search_rl.retrieval.index import load_retriever  # noqa: E402
+from lit_search_rl.rollout import torch_engine  # noqa: E402
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig  # noqa: E402
+from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
+from lit_search_rl.rollout.hf_engine import HFEngine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = "lit_search_rl/rollout/torch_engine.py"
+
+
+def engine_at(revision: str) -> type:
+    """``TorchEngine`` as the module stood at ``revision`` (loaded under a name of its own)."""
+    source = subprocess.run(["git", "show", f"{revision}:{MODULE}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "earlier_torch_engine.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("earlier_torch_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module.TorchEngine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="A demo run folder.")
+    parser.add_argument("--against", default="HEAD", help="The git revision of the earlier engine.")
+    parser.add_argument("--rollouts", type=int, default=6, help="Repetitions (each engine once per repetition).")
+    parser.add_argument("--batch", type=int, default=32, help="Trajectories per rollout.")
+    args = parser.parse_args()
+    settings = yaml.safe_load((ROOT / "configs" / "synthetic" / "grpo-recycle.yaml").read_text())
+    config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
+    tokenizer, model = load_tokenizer(args.run / "sft-model"), load_policy(args.run / "sft-model")
+    rows, retriever = list(read_jsonl(args.run / "world" / "train.jsonl")), load_retriever(args.run / "index")
+    engines = {"hf": HFEngine, args.against: engine_at(args.against), "this tree": torch_engine.TorchEngine}
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    groups = args.batch // 4
+    for rep in range(args.rollouts):
+        questions = [rows[(rep * groups + i) % len(rows)]["question"] for i in range(groups) for _ in range(4)]
+        for name, engine in engines.items():
+            agent = AgentLoop(engine(model, tokenizer, SamplingConfig(temperature=1.0, seed=rep)), retriever,
+                              tokenizer, config)  # fmt: skip
+            agent.rollout(questions[:2])  # warm-up
+            start = time.perf_counter()
+            agent.rollout(questions)
+            rates[name].append(agent.stats.generated_tokens / (time.perf_counter() - start))
+    for name, values in rates.items():
+        print(f"{name}: median {statistics.median(values):.0f} tokens/s ({', '.join(f'{v:.0f}' for v in values)})")
+    ratios = [new / old for new, old in zip(rates["this tree"], rates[args.against], strict=True)]
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"this tree / {args.against}: median {statistics.median(ratios):.2f} ({each})")
+
+
+if __name__ == "__main__":
+    main()
