@@ -6,7 +6,8 @@ Each of 10,000 queries has a latent difficulty; a rollout is correct with probab
 sigmoid(skill - difficulty). The simulated policy's skill grows with every signal group it
 trains on and drifts at random. Each strategy spends the same rollout budget (84.5K
 trajectories, K = 4, B = 32, k = 2 where the strategy oversamples) through the library's own
-``draw_step`` and ``QueryPool``. Reported: updates taken, signal fraction of drawn groups,
+``draw_step`` and ``QueryPool`` (and a pool weighting, ``greso_*``: GRESO's history-aware factors on top of
+the strategy). Reported: updates taken, signal fraction of drawn groups,
 effective-batch fill, recycled share of the effective batch (whole run and last quarter),
 flips by kind, queries consumed, final skill, and draw + report time per step on 1M queries.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from lit_search_rl.data.pool import QueryPool, classify_group
 from lit_search_rl.data.query_sampler import draw_step
 from lit_search_rl.data.strategies import make_strategy
+from lit_search_rl.data.weighting import make_weighting
 
 SETTINGS = {
     "grpo": {"name": "grpo"},
@@ -30,6 +32,9 @@ SETTINGS = {
     "bounded_dapo": {"name": "bounded_dapo", "oversample": 2},
     "recycle": {"name": "recycle", "oversample": 2},
     "soft_recycle": {"name": "recycle", "oversample": 2, "recycled_weight": 0.1},
+    "greso_dapo": {"name": "dapo", "max_rounds": 4, "weighting": "greso"},
+    "greso_bounded_dapo": {"name": "bounded_dapo", "oversample": 2, "weighting": "greso"},
+    "greso_recycle": {"name": "recycle", "oversample": 2, "weighting": "greso"},
 }
 
 
@@ -38,6 +43,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     difficulty = rng.normal(0.0, 1.5, queries)
     skill = -0.5
     settings = dict(SETTINGS[label])
+    weighting = make_weighting(settings.pop("weighting", "none"))
     strategy = make_strategy(settings.pop("name"), batch_size=batch, **settings)
     pool = QueryPool([str(i) for i in range(queries)], seed=seed)
     spent = updates = steps = 0
@@ -57,6 +63,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     while spent < budget:
         before = pool.last_outcome.copy()
         result = draw_step(pool, strategy, outcomes_of)
+        weighting.update(pool, result.outcomes)
         steps += 1
         drawn += len(result.drawn)
         signal += sum(o == "signal" for o in result.outcomes)
@@ -84,15 +91,18 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     }  # fmt: skip
 
 
-def draw_speed(size: int = 1_000_000, batch: int = 32, oversample: int = 2, steps: int = 100) -> float:
-    """Milliseconds per recycle step (draw k*B, report) on a pool of ``size`` queries."""
+def draw_speed(size: int = 1_000_000, batch: int = 32, oversample: int = 2, steps: int = 100,
+               weighting: str = "none") -> float:  # fmt: skip
+    """Milliseconds per recycle step (draw k*B, report, the weighting's update) on a pool of ``size`` queries."""
     pool = QueryPool([str(i) for i in range(size)])
     strategy = make_strategy("recycle", batch_size=batch, oversample=oversample)
+    weights = make_weighting(weighting)
     rng = np.random.default_rng(0)
     outcomes = ["too_hard", "signal", "too_easy"]
     start = time.perf_counter()
     for _ in range(steps):
-        draw_step(pool, strategy, lambda idx: [outcomes[j] for j in rng.integers(0, 3, len(idx))])
+        result = draw_step(pool, strategy, lambda idx: [outcomes[j] for j in rng.integers(0, 3, len(idx))])
+        weights.update(pool, result.outcomes)
     return 1000 * (time.perf_counter() - start) / steps
 
 
@@ -114,9 +124,9 @@ def main() -> None:
         mean["history"] = runs[0]["history"]  # the first seed's curve, for the plot
         rows.append(mean)
     elapsed = time.perf_counter() - start
-    speed = draw_speed()
-    print(f"{len(SETTINGS)} strategies x {len(args.seeds)} seeds in {elapsed:.1f}s; "
-          f"recycle step on 1M queries: {speed:.2f} ms\n")  # fmt: skip
+    speed, greso_speed = draw_speed(), draw_speed(weighting="greso")
+    print(f"{len(SETTINGS)} strategies x {len(args.seeds)} seeds in {elapsed:.1f}s; recycle step on 1M queries: "
+          f"{speed:.2f} ms, with GRESO's update {greso_speed:.2f} ms\n")  # fmt: skip
     print(
         "| strategy | updates | signal fraction | batch fill | recycled share (all / last quarter) | "
         "recovery flips | drift flips | unique queries flipped | consumed | final skill |"
@@ -131,7 +141,8 @@ def main() -> None:
     plot(rows, args.out.with_suffix(".png"), args.batch)
     for r in rows:
         r.pop("history")
-    args.out.write_text(json.dumps({"rows": rows, "ms_per_step_1m": speed, "seconds": elapsed}, indent=2))
+    args.out.write_text(json.dumps({"rows": rows, "ms_per_step_1m": speed, "ms_per_step_1m_greso": greso_speed,
+                                    "seconds": elapsed}, indent=2))  # fmt: skip
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
 

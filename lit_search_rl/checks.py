@@ -33,6 +33,7 @@ def require_at_least(config: Any, names: Iterable[str], low: int = 1, prefix: st
 # are present and of the expected kind, the rest is left to jsonargparse's type checks.
 
 STRATEGY_NAMES = ("recycle", "grpo", "dapo", "bounded_dapo")
+WEIGHTING_NAMES = ("none", "greso")
 """The query strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
 
 
@@ -138,6 +139,13 @@ def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -
         raise ValueError(f"{prefix}recycled_weight must be in [0, 1] (got {weight})")
     _at_least(values, ("max_rounds", "batch_size", "oversample", "eval_batch_size"), 1, prefix)
     _at_least(values, ("check_every",), 0, prefix)
+    check_one_of(values, "weighting", WEIGHTING_NAMES, prefix)
+    alpha, weighting = _number(values, "greso_alpha", prefix), values.get("weighting") or "none"
+    if alpha is not None and weighting != "greso":
+        raise ValueError(f"{prefix}greso_alpha is {alpha} but {prefix}weighting is {weighting!r}, not greso: "
+                         f"leave it unset")  # fmt: skip
+    if alpha is not None and not 0 < alpha <= 1:
+        raise ValueError(f"{prefix}greso_alpha must be in (0, 1] (got {alpha})")
 
 
 SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {

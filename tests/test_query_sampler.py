@@ -56,7 +56,9 @@ def test_no_query_is_lost_or_duplicated_and_restores_draw_identically(name, step
         assert (pool.weights >= 0).all()
 
 
-def test_recycling_datamodule_resumes_with_the_same_draws(world_dir) -> None:
+@pytest.mark.parametrize("strategy", ["recycle", "bounded_dapo", "dapo"])
+@pytest.mark.parametrize("weighting", ["none", "greso"])
+def test_recycling_datamodule_resumes_with_the_same_draws(world_dir, strategy: str, weighting: str) -> None:
     from lit_search_rl.data.recycling_datamodule import RecyclingDataModule
 
     def outcome(records):  # deterministic in the question
@@ -65,10 +67,17 @@ def test_recycling_datamodule_resumes_with_the_same_draws(world_dir) -> None:
     def run(dm, steps):
         return [dm.sampler.step(outcome).drawn for _ in range(steps)]
 
-    make = lambda: RecyclingDataModule(str(world_dir / "train.jsonl"), batch_size=3, oversample=2, seed=4)  # noqa: E731
+    oversample = None if strategy == "dapo" else 2
+
+    def make():
+        return RecyclingDataModule(str(world_dir / "train.jsonl"), strategy=strategy, weighting=weighting,
+                                   batch_size=3, oversample=oversample, seed=4)  # fmt: skip
+
     whole = make()
     whole.setup("fit")
     uninterrupted = run(whole, 6)
+    if weighting == "greso":  # the weighting was at work: lowered queries, a moved controller
+        assert (whole.pool.factors < 1).any() and whole.sampler.weighting.state_dict() != {"p_easy": 0.5, "p_hard": 0.5}
     first = make()
     first.setup("fit")
     head = run(first, 3)

@@ -1,6 +1,7 @@
 """The query pool: a mutable, weighted set of training questions (arXiv 2606.10709, Q(t) = {(q_i, w_i)}).
 
-All weights start at 1. A draw takes queries in proportion to weight, without replacement
+All weights start at 1. A draw takes queries in proportion to weight times a per-query factor
+(1 unless a history-aware weighting sets the factors, ``set_factors``), without replacement
 within the draw. After a step the query strategy reports what each drawn query's group did
 (``signal``, ``too_easy``, ``too_hard``) and sets its new weight: 0 consumes it, anything
 above 0 keeps it active. Every query is always in exactly one state, active (weight > 0) or
@@ -33,14 +34,16 @@ class _Fenwick:
 
     def __init__(self, weights: np.ndarray) -> None:
         self.n = len(weights)
+        index = np.arange(1, self.n + 1)
+        self._starts = index - (index & -index)  # where each node's range begins, in prefix-sum positions
+        self._prefix = np.zeros(self.n + 1)
         self.rebuild(weights)
 
     def rebuild(self, weights: np.ndarray) -> None:
         # tree[i] holds the sum of weights[i - lowbit(i + 1) + 1 .. i]; built from prefix sums at once.
-        prefix = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
-        index = np.arange(1, self.n + 1)
-        self.tree = prefix[index] - prefix[index - (index & -index)]
-        self.total = float(prefix[-1])
+        np.cumsum(weights, dtype=np.float64, out=self._prefix[1:])
+        self.tree = self._prefix[1:] - self._prefix[self._starts]
+        self.total = float(self._prefix[-1])
         self.top = 1 << (self.n.bit_length() - 1) if self.n else 0
 
     def add(self, i: int, delta: float) -> None:
@@ -105,10 +108,13 @@ class QueryPool:
         self.times_drawn = np.zeros(n, dtype=np.int32)
         self.epoch_draws = np.zeros(n, dtype=np.int32)  # draws since the current epoch began
         self.last_outcome = np.full(n, NEVER, dtype=np.int8)
+        self.streak = np.zeros(n, dtype=np.int32)  # reports in a row with the outcome ``last_outcome``
+        self.factors = np.ones(n, dtype=np.float64)  # draw-weight multipliers of a history-aware weighting
         self.epoch = 0
         self.counters: Counter[str] = Counter()
         self.rng = np.random.default_rng(seed)
         self._tree = _Fenwick(self.weights)
+        self._stale = False  # the tree's sums no longer match the draw weights: rebuilt by the next draw
         self._active = n
         self._journal: list[tuple] | None = None  # what to undo, inside a transaction
 
@@ -144,6 +150,10 @@ class QueryPool:
             if self._journal is not None:
                 self._journal.append(("epoch", self.weights.copy(), self.epoch_draws.copy()))
             self.new_epoch()
+        if self._stale:
+            # The sums as a function of the draw weights alone (one numpy pass, not the running updates of
+            # earlier picks and reports), so that a pool restored from its weights draws exactly as this one.
+            self._tree.rebuild(self.draw_weights())
         chosen: list[int] = []
         picked: set[int] = set()
         misses = 0
@@ -154,17 +164,16 @@ class QueryPool:
                 continue
             chosen.append(i)
             picked.add(i)
-            self._tree.add(i, -self.weights[i])  # out of the rest of this draw
+            self._tree.add(i, -self.weights[i] * self.factors[i])  # out of the rest of this draw
         if len(chosen) < n:
             # The tree's running sums cannot resolve what is left (weights many orders of magnitude
             # below the rest, or accumulated rounding): finish exactly, and rebuild the sums.
             rest = np.flatnonzero(self.weights > 0)
             rest = rest[~np.isin(rest, chosen)]
-            p = self.weights[rest] / self.weights[rest].sum()
+            p = self.weights[rest] * self.factors[rest]
+            p /= p.sum()
             chosen += self.rng.choice(rest, size=n - len(chosen), replace=False, p=p).tolist()
-        # The sums again as a function of the weights alone (one numpy pass, not the picks' running updates),
-        # so a pool restored from its weights draws exactly as this one.
-        self._tree.rebuild(self.weights)
+        self._stale = True  # the picks took their weights out of the sums
         result = np.asarray(chosen, dtype=np.int64)
         if self._journal is not None:
             self._journal.append(("draw", result.copy()))
@@ -173,6 +182,23 @@ class QueryPool:
         self.counters["draws"] += 1
         self.counters["drawn"] += n
         return result
+
+    def draw_weights(self) -> np.ndarray:
+        """What a draw is proportional to: each query's weight times its factor (0 for consumed queries)."""
+        return self.weights * self.factors
+
+    def set_factors(self, factors: np.ndarray) -> None:
+        """Scale every query's draw weight by ``factors`` (positive), from the next draw on; the pool keeps the array.
+
+        A history-aware weighting sets them after each step; they never consume a query (a factor
+        is above 0) and never revive one (a consumed query's weight stays 0).
+        """
+        factors = np.asarray(factors, dtype=np.float64)
+        # min and max, not elementwise tests: two passes over a million factors, no temporaries.
+        if factors.shape != self.weights.shape or not (factors.min() > 0 and np.isfinite(factors.max())):
+            raise ValueError(f"factors must be {len(self.weights)} finite numbers above 0")
+        self.factors = factors
+        self._stale = True
 
     def new_epoch(self) -> None:
         """Every query active again with weight 1 (history is kept)."""
@@ -199,17 +225,19 @@ class QueryPool:
             raise ValueError("weights must not be negative")
         previous = self.last_outcome[indices]
         if self._journal is not None:
-            self._journal.append(("report", indices.copy(), self.weights[indices].copy(), previous.copy()))
+            self._journal.append(("report", indices.copy(), self.weights[indices].copy(), previous.copy(),
+                                  self.streak[indices].copy()))  # fmt: skip
         signal = codes == _CODE["signal"]
         flips = {
             "recovery": int(np.count_nonzero(signal & (previous == _CODE["too_hard"]))),
             "drift": int(np.count_nonzero(signal & (previous == _CODE["too_easy"]))),
         }
         self.last_outcome[indices] = codes
+        self.streak[indices] = np.where(codes == previous, self.streak[indices] + 1, 1)
         for i, w in zip(indices.tolist(), weights.tolist(), strict=True):
             self._active += int(w > 0) - int(self.weights[i] > 0)
             self.weights[i] = w
-        self._tree.rebuild(self.weights)  # as after a draw: the sums depend on the weights only
+        self._stale = True
         self.counters.update({f"outcome_{o}": int(np.count_nonzero(codes == c)) for o, c in _CODE.items()})
         self.counters.update(flips)
         return flips
@@ -243,8 +271,8 @@ class QueryPool:
             elif entry[0] == "epoch":
                 self.weights[:], self.epoch_draws[:] = entry[1], entry[2]
             else:  # report
-                _, indices, weights, outcomes = entry
-                self.weights[indices], self.last_outcome[indices] = weights, outcomes
+                _, indices, weights, outcomes, streaks = entry
+                self.weights[indices], self.last_outcome[indices], self.streak[indices] = weights, outcomes, streaks
         self.rng.bit_generator.state = rng_state
         self.counters, self.epoch = counters, epoch
         self._sync()
@@ -257,6 +285,8 @@ class QueryPool:
             "times_drawn": self.times_drawn.copy(),
             "epoch_draws": self.epoch_draws.copy(),
             "last_outcome": self.last_outcome.copy(),
+            "streak": self.streak.copy(),
+            "factors": self.factors.copy(),
             "epoch": self.epoch,
             "counters": dict(self.counters),
             "rng": self.rng.bit_generator.state,
@@ -270,6 +300,9 @@ class QueryPool:
         self.times_drawn = np.array(state["times_drawn"], dtype=np.int32)
         self.epoch_draws = np.array(state["epoch_draws"], dtype=np.int32)
         self.last_outcome = np.array(state["last_outcome"], dtype=np.int8)
+        # Checkpoints from before history-aware weightings hold neither: no streaks counted, every factor 1.
+        self.streak = np.array(state.get("streak", np.zeros(len(self.ids))), dtype=np.int32)
+        self.factors = np.array(state.get("factors", np.ones(len(self.ids))), dtype=np.float64)
         self.epoch = int(state["epoch"])
         self.counters = Counter(state["counters"])
         self.rng.bit_generator.state = state["rng"]
@@ -277,6 +310,6 @@ class QueryPool:
         self._sync()
 
     def _sync(self) -> None:
-        """Rebuild the derived state (search tree, active count) from the weights."""
-        self._tree.rebuild(self.weights)
+        """Derive the state that follows from the weights (the search tree, at the next draw; the active count)."""
+        self._stale = True
         self._active = int(np.count_nonzero(self.weights > 0))

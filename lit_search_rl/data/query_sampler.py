@@ -19,6 +19,7 @@ import numpy as np
 from lit_search_rl.data.pool import Outcome, QueryPool
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.data.strategies import Strategy
+from lit_search_rl.data.weighting import Weighting
 from lit_search_rl.distributed import check_identical, state_digest
 
 
@@ -88,12 +89,15 @@ class QuerySampler:
         strategy: which questions are drawn, which groups train, what happens to the rest.
         pool: the weighted pool over ``records``.
         check_every: steps between checks that every rank's pool is still identical (0: never).
+        weighting: how the pool's history scales draw weights after each step (none: the strategy alone).
     """
 
-    def __init__(self, records: Sequence[QARecord], strategy: Strategy, pool: QueryPool, check_every: int = 1) -> None:
+    def __init__(self, records: Sequence[QARecord], strategy: Strategy, pool: QueryPool, check_every: int = 1,
+                 weighting: Weighting | None = None) -> None:  # fmt: skip
         if len(pool) != len(records):
             raise ValueError(f"the pool holds {len(pool)} queries but there are {len(records)} records")
         self.records, self.strategy, self.pool, self.check_every = list(records), strategy, pool, check_every
+        self.weighting = weighting or Weighting()
         self.steps = 0
 
     def step(self, outcomes_of: Callable[[list[QARecord]], Sequence[Outcome]]) -> StepResult:
@@ -104,6 +108,7 @@ class QuerySampler:
         ``check_every`` steps. Raises ``PoolExhausted`` under the ``stop`` policy.
         """
         result = draw_step(self.pool, self.strategy, lambda idx: outcomes_of([self.records[i] for i in idx]))
+        self.weighting.update(self.pool, result.outcomes)
         self.steps += 1
         if self.check_every and self.steps % self.check_every == 0:
             check_identical("the query pool", self.digest())
@@ -122,4 +127,5 @@ class QuerySampler:
             "train/recycled_fraction": result.recycled / chosen,
             "train/recovery_fraction": result.flips["recovery"] / drawn,
             "train/drift_fraction": result.flips["drift"] / drawn,
+            **self.weighting.metrics(self.pool),
         }

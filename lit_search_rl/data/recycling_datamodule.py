@@ -26,6 +26,7 @@ from lit_search_rl.data.pool import QueryPool
 from lit_search_rl.data.qa import QARecord, load_qa
 from lit_search_rl.data.query_sampler import QuerySampler
 from lit_search_rl.data.strategies import check_options, make_strategy
+from lit_search_rl.data.weighting import make_weighting
 
 
 class _Steps(IterableDataset):
@@ -43,6 +44,11 @@ class RecyclingDataModule(EvalDataModule):
             recycling. Set with another strategy, it is an error.
         max_rounds: Rounds of B candidates per step under ``dapo`` (4 when unset); an error with another strategy.
         exhaustion: When too few queries are active: ``reset`` (new epoch) or ``stop`` (end training with a message).
+        weighting: How each query's outcome history scales its draw weight after every step: ``none`` or ``greso``
+            (GRESO: queries on a streak of all-correct or all-wrong groups are drawn less, by a controller that
+            aims at a share ``greso_alpha`` of zero-variance groups; ``lit_search_rl.data.weighting``). Composes
+            with every strategy.
+        greso_alpha: The zero-variance share GRESO aims at (0.25 when unset); an error with another weighting.
         batch_size: Signal groups per update (B). The GRPO module's ``model.batch_size`` owns it: leave this
             unset (a different value is an error); set it only to use the data module without a GRPO module.
         oversample: Candidates per round as a multiple of B (k); owned by ``model.oversample`` like B.
@@ -60,6 +66,8 @@ class RecyclingDataModule(EvalDataModule):
         recycled_weight: float | None = None,
         max_rounds: int | None = None,
         exhaustion: Literal["reset", "stop"] = "reset",
+        weighting: Literal["none", "greso"] = "none",
+        greso_alpha: float | None = None,
         batch_size: int | None = None,
         oversample: int | None = None,
         seed: int = 0,
@@ -71,11 +79,13 @@ class RecyclingDataModule(EvalDataModule):
         # Checked now, when the config is read, not in setup after the model has loaded.
         check_recycling_settings({"strategy": strategy, "recycled_weight": recycled_weight, "max_rounds": max_rounds,
                                   "exhaustion": exhaustion, "batch_size": batch_size, "oversample": oversample,
-                                  "check_every": check_every, "eval_batch_size": eval_batch_size})  # fmt: skip
+                                  "check_every": check_every, "eval_batch_size": eval_batch_size,
+                                  "weighting": weighting, "greso_alpha": greso_alpha})  # fmt: skip
         super().__init__(val_sets, test_sets, eval_batch_size)
         self.train_path = Path(train)
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
         self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
+        self.weighting_name, self.greso_alpha = weighting, greso_alpha
         self.batch_size, self.oversample = batch_size, oversample
         self.records: list[QARecord] = []
         self.sampler: QuerySampler | None = None  # built in setup("fit")
@@ -101,10 +111,13 @@ class RecyclingDataModule(EvalDataModule):
             raise ValueError(f"data.train has {len(self.records)} questions, fewer than one draw of "
                              f"{strategy.candidates()}")  # fmt: skip
         pool = QueryPool([r.id for r in self.records], seed=self.seed, exhaustion=self.exhaustion)
+        weighting = make_weighting(self.weighting_name,
+                                   **({"alpha": self.greso_alpha} if self.greso_alpha is not None else {}))  # fmt: skip
         if self._pending_state is not None:
-            pool.load_state_dict(self._pending_state)
+            pool.load_state_dict(self._pending_state["pool"])
+            weighting.load_state_dict(self._pending_state.get("weighting", {}))
             self._pending_state = None
-        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every)
+        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every, weighting)
 
     def _sizes(self) -> tuple[int, int]:
         """B and k: the GRPO module's (``model.batch_size``, ``model.oversample``), which own them.
@@ -131,13 +144,16 @@ class RecyclingDataModule(EvalDataModule):
         if self.sampler is None:
             return {}
         return {"pool": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                         for k, v in self.pool.state_dict().items()}}  # fmt: skip
+                         for k, v in self.pool.state_dict().items()},
+                "weighting": self.sampler.weighting.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "pool" not in state_dict:
             return
-        state = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state_dict["pool"].items()}
+        pool = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state_dict["pool"].items()}
+        state = {"pool": pool, "weighting": state_dict.get("weighting", {})}
         if self.sampler is None:
             self._pending_state = state  # applied in setup, once the pool exists
         else:
-            self.sampler.pool.load_state_dict(state)
+            self.sampler.pool.load_state_dict(pool)
+            self.sampler.weighting.load_state_dict(state["weighting"])
