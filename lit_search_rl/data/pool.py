@@ -132,12 +132,13 @@ class QueryPool:
         return len(self.ids) - self.active
 
     def draw(self, n: int) -> np.ndarray:
-        """Indices of ``n`` distinct active queries, drawn in proportion to weight.
+        """Indices of ``n`` distinct active queries, drawn in proportion to weight times factor.
 
-        Successive sampling: each pick is proportional to the weights of the queries not yet
+        Successive sampling: each pick is proportional to the draw weights of the queries not yet
         picked in this draw. A binary indexed tree makes each pick O(log pool size); the tree is
-        rebuilt from the weights once per draw and per report (one vectorised pass), so that its
-        rounding never depends on the order of past updates and a restored pool draws the same.
+        rebuilt from the draw weights at the start of a draw whenever anything changed since the
+        last (one vectorised pass), so that its rounding never depends on the order of past
+        updates and a restored pool draws the same.
         """
         if n < 1:
             raise ValueError(f"a draw needs at least 1 query (got {n})")
@@ -167,7 +168,7 @@ class QueryPool:
             self._tree.add(i, -self.weights[i] * self.factors[i])  # out of the rest of this draw
         if len(chosen) < n:
             # The tree's running sums cannot resolve what is left (weights many orders of magnitude
-            # below the rest, or accumulated rounding): finish exactly, and rebuild the sums.
+            # below the rest, or accumulated rounding): finish exactly.
             rest = np.flatnonzero(self.weights > 0)
             rest = rest[~np.isin(rest, chosen)]
             p = self.weights[rest] * self.factors[rest]
