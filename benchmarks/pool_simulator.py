@@ -7,7 +7,8 @@ sigmoid(skill - difficulty). The simulated policy's skill grows with every signa
 trains on and drifts at random. Each strategy spends the same rollout budget (84.5K
 trajectories, K = 4, B = 32, k = 2 where the strategy oversamples) through the library's own
 ``draw_step`` and ``QueryPool`` (and a pool weighting, ``greso_*``: GRESO's history-aware factors on top of
-the strategy). Reported: updates taken, signal fraction of drawn groups,
+the strategy; a rollout allocator, ``knapsack_*``: Knapsack RL's per-query group sizes at the same budget).
+Reported: updates taken, signal fraction of drawn groups,
 effective-batch fill, recycled share of the effective batch (whole run and last quarter),
 flips by kind, queries consumed, final skill, and draw + report time per step on 1M queries.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_search_rl.data.pool import QueryPool, classify_group
+from lit_search_rl.data.allocation import make_allocator
+from lit_search_rl.data.pool import QueryPool
 from lit_search_rl.data.query_sampler import draw_step
 from lit_search_rl.data.strategies import make_strategy
 from lit_search_rl.data.weighting import make_weighting
@@ -35,6 +37,10 @@ SETTINGS = {
     "greso_dapo": {"name": "dapo", "max_rounds": 4, "weighting": "greso"},
     "greso_bounded_dapo": {"name": "bounded_dapo", "oversample": 2, "weighting": "greso"},
     "greso_recycle": {"name": "recycle", "oversample": 2, "weighting": "greso"},
+    "knapsack_dapo": {"name": "dapo", "max_rounds": 4, "allocator": "knapsack"},
+    "knapsack_bounded_dapo": {"name": "bounded_dapo", "oversample": 2, "allocator": "knapsack"},
+    "knapsack_recycle": {"name": "recycle", "oversample": 2, "allocator": "knapsack"},
+    "greso_knapsack_recycle": {"name": "recycle", "oversample": 2, "weighting": "greso", "allocator": "knapsack"},
 }
 
 
@@ -44,6 +50,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     skill = -0.5
     settings = dict(SETTINGS[label])
     weighting = make_weighting(settings.pop("weighting", "none"))
+    allocator = make_allocator(settings.pop("allocator", "fixed"), group)
     strategy = make_strategy(settings.pop("name"), batch_size=batch, **settings)
     pool = QueryPool([str(i) for i in range(queries)], seed=seed)
     spent = updates = steps = 0
@@ -52,17 +59,18 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     flips = {"recovery": 0, "drift": 0}
     flipped: set[int] = set()
 
-    def outcomes_of(indices: np.ndarray):
+    def outcomes_of(indices: np.ndarray, sizes: list[int] | None = None):
         nonlocal spent
+        sizes = sizes if sizes is not None else [group] * len(indices)
         p = 1.0 / (1.0 + np.exp(-(skill - difficulty[indices])))
-        correct = rng.binomial(group, p)
-        spent += group * len(indices)
-        return [classify_group([1.0] * int(c) + [0.0] * (group - int(c))) for c in correct]
+        correct = rng.binomial(sizes, p)
+        spent += sum(sizes)
+        return [[1.0] * int(c) + [0.0] * (n - int(c)) for c, n in zip(correct, sizes, strict=True)]
 
     history = []
     while spent < budget:
         before = pool.last_outcome.copy()
-        result = draw_step(pool, strategy, outcomes_of)
+        result = draw_step(pool, strategy, outcomes_of, allocator if allocator.name != "fixed" else None)
         weighting.update(pool, result.outcomes)
         steps += 1
         drawn += len(result.drawn)
@@ -84,7 +92,8 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     late_recycled = sum(h[2] for h in last)
     return {
         "strategy": label, "updates": updates, "steps": steps, "trajectories": spent,
-        "signal_fraction": signal / max(1, drawn), "batch_fill": chosen / max(1, steps * batch),
+        "signal_fraction": signal / max(1, drawn),
+        "signal_per_100_trajectories": 100 * signal / max(1, spent), "batch_fill": chosen / max(1, steps * batch),
         "recycled_share": recycled / max(1, chosen), "recycled_share_last_quarter": late_recycled / max(1, late_chosen),
         "recovery": flips["recovery"], "drift": flips["drift"], "flipped_unique_share": len(flipped) / queries,
         "consumed": pool.consumed, "epochs": pool.epoch, "final_skill": skill, "history": history,
@@ -128,13 +137,15 @@ def main() -> None:
     print(f"{len(SETTINGS)} strategies x {len(args.seeds)} seeds in {elapsed:.1f}s; recycle step on 1M queries: "
           f"{speed:.2f} ms, with GRESO's update {greso_speed:.2f} ms\n")  # fmt: skip
     print(
-        "| strategy | updates | signal fraction | batch fill | recycled share (all / last quarter) | "
+        "| strategy | updates | signal fraction | signal groups per 100 trajectories | batch fill | "
+        "recycled share (all / last quarter) | "
         "recovery flips | drift flips | unique queries flipped | consumed | final skill |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         shares = f"{r['recycled_share']:.3f} / {r['recycled_share_last_quarter']:.3f}"
-        print(f"| {r['strategy']} | {r['updates']:.0f} | {r['signal_fraction']:.3f} | {r['batch_fill']:.3f} | "
+        print(f"| {r['strategy']} | {r['updates']:.0f} | {r['signal_fraction']:.3f} | "
+              f"{r['signal_per_100_trajectories']:.2f} | {r['batch_fill']:.3f} | "
               f"{shares} | {r['recovery']:.0f} | {r['drift']:.0f} | {r['flipped_unique_share']:.3f} | "
               f"{r['consumed']:.0f} | {r['final_skill']:.2f} |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

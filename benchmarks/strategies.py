@@ -1,4 +1,4 @@
-"""Query strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO, and GRESO's weights.
+"""Query strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO, GRESO, Knapsack RL.
 
 Run after ``make demo`` (it trains from the demo's SFT checkpoint, world and index):
 
@@ -28,15 +28,16 @@ from lit_search_rl.lightning_cli import SearchRLCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("chain", "iterative", "comparison")
-# name: (data.strategy, model.oversample k, data.recycled_weight: recycle only, data.weighting)
+# name: (data.strategy, model.oversample k, data.recycled_weight: recycle only, data.weighting, data.allocator)
 STRATEGIES = {
-    "recycle": ("recycle", 2, 1.0, "none"),
-    "soft-recycle": ("recycle", 2, 0.1, "none"),
-    "grpo": ("grpo", 1, None, "none"),
-    "dapo": ("dapo", 1, None, "none"),
-    "bounded-dapo": ("bounded_dapo", 2, None, "none"),
-    "greso-recycle": ("recycle", 2, 1.0, "greso"),
-    "greso-bounded-dapo": ("bounded_dapo", 2, None, "greso"),
+    "recycle": ("recycle", 2, 1.0, "none", "fixed"),
+    "soft-recycle": ("recycle", 2, 0.1, "none", "fixed"),
+    "grpo": ("grpo", 1, None, "none", "fixed"),
+    "dapo": ("dapo", 1, None, "none", "fixed"),
+    "bounded-dapo": ("bounded_dapo", 2, None, "none", "fixed"),
+    "greso-recycle": ("recycle", 2, 1.0, "greso", "fixed"),
+    "greso-bounded-dapo": ("bounded_dapo", 2, None, "greso", "fixed"),
+    "knapsack-recycle": ("recycle", 2, 1.0, "none", "knapsack"),
 }
 MEASURES = {  # tag: (name in tables, how a run's series becomes one number)
     "train/signal_fraction": ("signal fraction", "mean"),
@@ -52,7 +53,7 @@ def _eval_sets(world: Path, split: str) -> str:
 
 
 def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int, batch: int, val_every: int) -> dict:
-    strategy, oversample, weight, weighting = STRATEGIES[name]
+    strategy, oversample, weight, weighting, allocator = STRATEGIES[name]
     logs = out / "logs"
     common = [f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
               f"--trainer.logger.init_args.save_dir={logs}", f"--model.init_args.retriever={run / 'index'}",
@@ -67,7 +68,7 @@ def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int
         f"--model.init_args.batch_size={batch}", f"--model.init_args.oversample={oversample}",
         f"--data.init_args.strategy={strategy}",
         f"--data.init_args.recycled_weight={'null' if weight is None else weight}",
-        f"--data.init_args.weighting={weighting}",
+        f"--data.init_args.weighting={weighting}", f"--data.init_args.allocator={allocator}",
         f"--data.init_args.seed={seed}", f"--data.init_args.val_sets={_eval_sets(run / 'world', 'val')}",
         "--data.init_args.test_sets=[]",
     ])  # fmt: skip

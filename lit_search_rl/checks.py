@@ -34,6 +34,7 @@ def require_at_least(config: Any, names: Iterable[str], low: int = 1, prefix: st
 
 STRATEGY_NAMES = ("recycle", "grpo", "dapo", "bounded_dapo")
 WEIGHTING_NAMES = ("none", "greso")
+ALLOCATOR_NAMES = ("fixed", "knapsack")
 """The query strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
 
 
@@ -146,6 +147,13 @@ def check_recycling_settings(values: Mapping[str, Any], prefix: str = "data.") -
                          f"leave it unset")  # fmt: skip
     if alpha is not None and not 0 < alpha <= 1:
         raise ValueError(f"{prefix}greso_alpha must be in (0, 1] (got {alpha})")
+    check_one_of(values, "allocator", ALLOCATOR_NAMES, prefix)
+    _at_least(values, ("rollout_budget",), 1, prefix)
+    _at_least(values, ("group_size",), 2, prefix)
+    budget, allocator = _number(values, "rollout_budget", prefix, integer=True), values.get("allocator") or "fixed"
+    if budget is not None and allocator != "knapsack":
+        raise ValueError(f"{prefix}rollout_budget is {budget} but {prefix}allocator is {allocator!r}, not knapsack: "
+                         f"leave it unset")  # fmt: skip
 
 
 SETTINGS_CHECKS: dict[str, Callable[[Mapping[str, Any], str], None]] = {

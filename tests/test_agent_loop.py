@@ -318,7 +318,7 @@ def test_the_policy_rolls_out_within_its_own_context_length(model_dir: Path, bm2
     m.setup("validate")
     m.policy.config.max_position_embeddings = prompt + 16  # as a model built for a short context
     [group] = m.runner.run(
-        m.policy, [QARecord("q", "Q?", ("x",))], 2, lambda rank: SamplingConfig(temperature=1.0, seed=1)
+        m.policy, [QARecord("q", "Q?", ("x",))], [2], lambda rank: SamplingConfig(temperature=1.0, seed=1)
     )
     assert all(t.length <= prompt + 16 for t in group) and any(t.finish_reason == "length" for t in group)
 

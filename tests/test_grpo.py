@@ -258,6 +258,29 @@ def test_recycling_fit_draws_from_the_pool_and_checkpoints_it(tmp_path: Path, mo
     assert saved["counters"]["draws"] == 2 and list(saved["ids"]) == [r.id for r in dm.records]
 
 
+def test_knapsack_budgets_reach_the_rollouts_and_the_update(tmp_path: Path, model_dir: Path, world_dir: Path,
+                                                             bm25_dir: Path, coin_reward: None) -> None:  # fmt: skip
+    extra = [
+        "--data.strategy",
+        "recycle",
+        "--data.allocator",
+        "knapsack",
+        "--trainer.limit_train_batches",
+        "3",
+        "--model.group_size",
+        "4",
+        "--model.micro_batch_size",
+        "4",
+    ]
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, *extra)
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    rollouts = [e.value for e in events.Scalars("train/rollouts_per_update")]
+    assert rollouts == [16.0, 16.0, 16.0]  # k * B = 4 candidates, K = 4 each on average: the fixed budget
+    assert {"train/rollouts_per_query_min", "train/rollouts_per_query_max"} <= set(events.Tags()["scalars"])
+    assert cli.datamodule.sampler.allocator is not None and cli.trainer.global_step > 0
+
+
 def test_rollout_budget_stops_training_at_the_step_that_crosses_it(tmp_path: Path, model_dir: Path,
                                                                     world_dir: Path, bm25_dir: Path,
                                                                     coin_reward: None) -> None:  # fmt: skip

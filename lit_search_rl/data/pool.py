@@ -109,6 +109,7 @@ class QueryPool:
         self.epoch_draws = np.zeros(n, dtype=np.int32)  # draws since the current epoch began
         self.last_outcome = np.full(n, NEVER, dtype=np.int8)
         self.streak = np.zeros(n, dtype=np.int32)  # reports in a row with the outcome ``last_outcome``
+        self.success = np.full(n, np.nan)  # share of rewarded trajectories in the last group (NaN: not reported)
         self.factors = np.ones(n, dtype=np.float64)  # draw-weight multipliers of a history-aware weighting
         self.epoch = 0
         self.counters: Counter[str] = Counter()
@@ -210,9 +211,14 @@ class QueryPool:
         self.counters["epochs"] += 1
 
     def report(
-        self, indices: Sequence[int], outcomes: Sequence[Outcome], new_weights: Sequence[float]
+        self,
+        indices: Sequence[int],
+        outcomes: Sequence[Outcome],
+        new_weights: Sequence[float],
+        success: Sequence[float] | None = None,
     ) -> dict[str, int]:
-        """Record each drawn query's outcome and set its weight; returns this report's flip counts.
+        """Record each drawn query's outcome (and share of rewarded trajectories, where known) and set its
+        weight; returns this report's flip counts.
 
         A flip is a query whose group turned to signal after a zero-variance outcome the last time
         it was drawn: ``recovery`` from too hard (the policy improved), ``drift`` from too easy.
@@ -220,14 +226,14 @@ class QueryPool:
         indices = np.asarray(indices, dtype=np.int64)
         codes = np.array([_CODE[o] for o in outcomes], dtype=np.int8)
         weights = np.asarray(new_weights, dtype=np.float64)
-        if not (len(indices) == len(codes) == len(weights)):
-            raise ValueError("indices, outcomes and new_weights must have the same length")
+        if not (len(indices) == len(codes) == len(weights)) or (success is not None and len(success) != len(codes)):
+            raise ValueError("indices, outcomes, new_weights and success must have the same length")
         if (weights < 0).any():
             raise ValueError("weights must not be negative")
         previous = self.last_outcome[indices]
         if self._journal is not None:
             self._journal.append(("report", indices.copy(), self.weights[indices].copy(), previous.copy(),
-                                  self.streak[indices].copy()))  # fmt: skip
+                                  self.streak[indices].copy(), self.success[indices].copy()))  # fmt: skip
         signal = codes == _CODE["signal"]
         flips = {
             "recovery": int(np.count_nonzero(signal & (previous == _CODE["too_hard"]))),
@@ -235,6 +241,7 @@ class QueryPool:
         }
         self.last_outcome[indices] = codes
         self.streak[indices] = np.where(codes == previous, self.streak[indices] + 1, 1)
+        self.success[indices] = np.nan if success is None else np.asarray(success, dtype=np.float64)
         for i, w in zip(indices.tolist(), weights.tolist(), strict=True):
             self._active += int(w > 0) - int(self.weights[i] > 0)
             self.weights[i] = w
@@ -272,8 +279,9 @@ class QueryPool:
             elif entry[0] == "epoch":
                 self.weights[:], self.epoch_draws[:] = entry[1], entry[2]
             else:  # report
-                _, indices, weights, outcomes, streaks = entry
+                _, indices, weights, outcomes, streaks, success = entry
                 self.weights[indices], self.last_outcome[indices], self.streak[indices] = weights, outcomes, streaks
+                self.success[indices] = success
         self.rng.bit_generator.state = rng_state
         self.counters, self.epoch = counters, epoch
         self._sync()
@@ -287,6 +295,7 @@ class QueryPool:
             "epoch_draws": self.epoch_draws.copy(),
             "last_outcome": self.last_outcome.copy(),
             "streak": self.streak.copy(),
+            "success": self.success.copy(),
             "factors": self.factors.copy(),
             "epoch": self.epoch,
             "counters": dict(self.counters),
@@ -304,6 +313,7 @@ class QueryPool:
         # Checkpoints from before history-aware weightings hold neither: no streaks counted, every factor 1.
         self.streak = np.array(state.get("streak", np.zeros(len(self.ids))), dtype=np.int32)
         self.factors = np.array(state.get("factors", np.ones(len(self.ids))), dtype=np.float64)
+        self.success = np.array(state.get("success", np.full(len(self.ids), np.nan)), dtype=np.float64)
         self.epoch = int(state["epoch"])
         self.counters = Counter(state["counters"])
         self.rng.bit_generator.state = state["rng"]

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_search_rl.checks import check_recycling_settings
+from lit_search_rl.data.allocation import make_allocator
 from lit_search_rl.data.eval_data import EvalDataModule
 from lit_search_rl.data.eval_sets import EvalSet
 from lit_search_rl.data.pool import QueryPool
@@ -49,9 +50,16 @@ class RecyclingDataModule(EvalDataModule):
             aims at a share ``greso_alpha`` of zero-variance groups; ``lit_search_rl.data.weighting``). Composes
             with every strategy.
         greso_alpha: The zero-variance share GRESO aims at (0.25 when unset); an error with another weighting.
+        allocator: Rollouts per drawn question: ``fixed`` (K each, GRPO's groups) or ``knapsack`` (Knapsack RL: K for
+            a question never rolled out, 2 for one last solved always or never, the rest of the round's budget where
+            it most raises the chance of a signal group; ``lit_search_rl.data.allocation``). Composes with every
+            strategy.
+        rollout_budget: Trajectories per round under ``knapsack`` (K per candidate when unset: the same budget as
+            ``fixed``); an error with ``fixed``.
         batch_size: Signal groups per update (B). The GRPO module's ``model.batch_size`` owns it: leave this
             unset (a different value is an error); set it only to use the data module without a GRPO module.
         oversample: Candidates per round as a multiple of B (k); owned by ``model.oversample`` like B.
+        group_size: Rollouts per question (K); owned by ``model.group_size`` like B.
         seed: Seed of the draws; the same on every rank, so every rank holds the same pool.
         check_every: Steps between checks that every rank's pool is still identical (0: never; one rank: never).
         val_sets: Evaluation sources of validation during fit and of ``validate``.
@@ -68,8 +76,11 @@ class RecyclingDataModule(EvalDataModule):
         exhaustion: Literal["reset", "stop"] = "reset",
         weighting: Literal["none", "greso"] = "none",
         greso_alpha: float | None = None,
+        allocator: Literal["fixed", "knapsack"] = "fixed",
+        rollout_budget: int | None = None,
         batch_size: int | None = None,
         oversample: int | None = None,
+        group_size: int | None = None,
         seed: int = 0,
         check_every: int = 1,
         val_sets: list[EvalSet] | None = None,
@@ -80,12 +91,14 @@ class RecyclingDataModule(EvalDataModule):
         check_recycling_settings({"strategy": strategy, "recycled_weight": recycled_weight, "max_rounds": max_rounds,
                                   "exhaustion": exhaustion, "batch_size": batch_size, "oversample": oversample,
                                   "check_every": check_every, "eval_batch_size": eval_batch_size,
-                                  "weighting": weighting, "greso_alpha": greso_alpha})  # fmt: skip
+                                  "weighting": weighting, "greso_alpha": greso_alpha, "allocator": allocator,
+                                  "rollout_budget": rollout_budget, "group_size": group_size})  # fmt: skip
         super().__init__(val_sets, test_sets, eval_batch_size)
         self.train_path = Path(train)
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
         self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
         self.weighting_name, self.greso_alpha = weighting, greso_alpha
+        self.allocator_name, self.rollout_budget, self.group_size = allocator, rollout_budget, group_size
         self.batch_size, self.oversample = batch_size, oversample
         self.records: list[QARecord] = []
         self.sampler: QuerySampler | None = None  # built in setup("fit")
@@ -102,7 +115,7 @@ class RecyclingDataModule(EvalDataModule):
         if not self.train_path.is_file():
             raise FileNotFoundError(f"data.train: {self.train_path} does not exist")
         self.records = load_qa(self.train_path)
-        batch, oversample = self._sizes()
+        batch, oversample, group = self._sizes()
         check_options(self.strategy_name, "data.", max_rounds=self.max_rounds, recycled_weight=self.recycled_weight)
         check_options(self.strategy_name, "model.", oversample=oversample)
         strategy = make_strategy(self.strategy_name, batch, oversample=oversample, max_rounds=self.max_rounds,
@@ -117,23 +130,29 @@ class RecyclingDataModule(EvalDataModule):
             pool.load_state_dict(self._pending_state["pool"])
             weighting.load_state_dict(self._pending_state.get("weighting", {}))
             self._pending_state = None
-        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every, weighting)
+        # The fixed allocator leaves group sizes to the module (K); only an allocator that varies them is passed on.
+        allocator = make_allocator(self.allocator_name, group, self.rollout_budget)
+        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every, weighting,
+                                    allocator if self.allocator_name != "fixed" else None)  # fmt: skip
 
-    def _sizes(self) -> tuple[int, int]:
-        """B and k: the GRPO module's (``model.batch_size``, ``model.oversample``), which own them.
+    def _sizes(self) -> tuple[int, int, int]:
+        """B, k and K: the GRPO module's (``model.batch_size``, ``model.oversample``, ``model.group_size``), which
+        own them.
 
         The data module's own values serve only without such a module, and must agree with it.
         """
         module = self.trainer.lightning_module if self.trainer is not None else None
         hparams = getattr(module, "hparams", {})
         sizes = []
-        for name, own in (("batch_size", self.batch_size), ("oversample", self.oversample)):
+        defaults = {"batch_size": 1, "oversample": 1, "group_size": 4}
+        for name, own in (("batch_size", self.batch_size), ("oversample", self.oversample),
+                          ("group_size", self.group_size)):  # fmt: skip
             owner = hparams.get(name)
             if owner is not None and own is not None and own != owner:
                 raise ValueError(f"data.{name} ({own}) disagrees with model.{name} ({owner}): set it once, as "
                                  f"model.{name}")  # fmt: skip
-            sizes.append(owner if owner is not None else own if own is not None else 1)
-        return sizes[0], sizes[1]
+            sizes.append(owner if owner is not None else own if own is not None else defaults[name])
+        return sizes[0], sizes[1], sizes[2]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None)

@@ -29,9 +29,8 @@ class EvaluatesAgent:
         """One batch of one evaluation dataset: a greedy rollout per question, and samples for pass@k."""
         dataset, questions = batch
         config = self.evaluation.config
-        greedy = [
-            g[0] for g in self.runner.run(self.policy, questions, 1, lambda rank: SamplingConfig(temperature=0.0))
-        ]
+        argmax = SamplingConfig(temperature=0.0)
+        greedy = [g[0] for g in self.runner.run(self.policy, questions, [1] * len(questions), lambda rank: argmax)]
         samples = None
         if config.n_samples:
             seed = config.seed + 1000 * batch_idx  # repeatable, and the same whatever ran before
@@ -39,7 +38,7 @@ class EvaluatesAgent:
             def sampling(rank: int) -> SamplingConfig:
                 return SamplingConfig(config.temperature, seed=seed + 7919 * rank)
 
-            samples = self.runner.run(self.policy, questions, config.n_samples, sampling)
+            samples = self.runner.run(self.policy, questions, [config.n_samples] * len(questions), sampling)
         texts = None
         if config.predictions and config.trajectories:
             texts = [self.tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in greedy]

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lit_search_rl.callbacks.weight_sync import require_weight_sync
 from lit_search_rl.checks import check_grpo_settings, check_one_of
-from lit_search_rl.data.pool import Outcome, PoolExhausted, classify_group
+from lit_search_rl.data.pool import PoolExhausted, classify_group
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.data.query_sampler import QuerySampler
 from lit_search_rl.distributed import all_ranks_true, sum_over_ranks
@@ -217,11 +217,11 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         sampler = self.query_sampler()
         groups, rewards, outcomes = [], [], []
 
-        def outcomes_of(questions: list[QARecord]) -> list[Outcome]:
-            groups.extend(self.rollout(questions))
+        def outcomes_of(questions: list[QARecord], sizes: list[int] | None = None) -> list[list[float]]:
+            groups.extend(self.rollout(questions, sizes))
             rewards.extend(self.score(groups[-len(questions) :], questions))
             outcomes.extend(classify_group(r) for r in rewards[-len(questions) :])
-            return outcomes[-len(questions) :]
+            return rewards[-len(questions) :]  # the pool learns each group's outcome and share of rewarded ones
 
         try:
             with self.timer("pool"):  # the strategy's draws, reports and picks; rollouts time themselves
@@ -246,11 +246,13 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
                             f"{type(datamodule).__name__} has none")  # fmt: skip
         return sampler
 
-    def rollout(self, questions: list[QARecord]) -> list[list[Trajectory]]:
-        """K trajectories per question, grouped by question, in the order of ``questions`` (all ranks' groups)."""
+    def rollout(self, questions: list[QARecord], sizes: list[int] | None = None) -> list[list[Trajectory]]:
+        """``sizes[i]`` trajectories of question i (K each by default), grouped by question, in the order of
+        ``questions`` (all ranks' groups)."""
         step = self._logged_step() if self._trainer is not None else 0
+        sizes = sizes if sizes is not None else [self.hparams.group_size] * len(questions)
         with self.timer("rollout"):
-            return self.runner.run(self.policy, questions, self.hparams.group_size,
+            return self.runner.run(self.policy, questions, sizes,
                                    lambda rank: step_sampling(self.sampling, step, rank))  # fmt: skip
 
     def score(self, groups: list[list[Trajectory]], questions: list[QARecord]) -> list[list[float]]:

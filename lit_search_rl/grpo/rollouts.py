@@ -8,7 +8,8 @@ FSDP-sharded policy, seeds each rank's sampling, and books where the time went.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -61,22 +62,25 @@ class RolloutRunner:
         """Start the colocated vLLM engine of this rank (after the process group is set up)."""
         self.vllm = VLLMEngine(self.model, config, max_model_len=self.config.max_total_tokens)
 
-    def run(self, policy: torch.nn.Module, questions: list[QARecord], k: int,
+    def run(self, policy: torch.nn.Module, questions: list[QARecord], sizes: Sequence[int],
             sampling: SamplingOf) -> list[list[Trajectory]]:  # fmt: skip
-        """K trajectories per question, grouped by question, in the order of ``questions``.
+        """``sizes[i]`` trajectories of question i, grouped by question, in the order of ``questions``.
 
-        Every rank holds the same questions; each rolls out its shard as one batched agent loop,
-        and the groups are gathered so every rank returns all of them.
+        Every rank holds the same questions; each rolls out its shard as one batched agent loop
+        (groups of different sizes batch together), and the groups are gathered so every rank
+        returns all of them.
         """
         rank, world = rank_and_world()
-        mine = [questions[i] for i in shard(questions, rank, world)]
+        picks = shard(questions, rank, world)
+        counts = [sizes[i] for i in picks]
         agent = AgentLoop(self.engine_for(policy, sampling(rank)), self.retriever, self.tokenizer, self.config,
                           context_length=context_length_of(policy))  # fmt: skip
-        flat = agent.rollout([q.question for q in mine for _ in range(k)])
+        flat = agent.rollout([questions[i].question for i, n in zip(picks, counts, strict=True) for _ in range(n)])
         # The agent loop's own bookkeeping (parsing, token ids) stays booked as "rollout".
         self.timer.add("generate", agent.stats.generate_seconds, within="rollout")
         self.timer.add("retrieve", agent.stats.retrieve_seconds, within="rollout")
-        return gather_shards([flat[i * k : (i + 1) * k] for i in range(len(mine))], len(questions))
+        ends = list(itertools.accumulate(counts))
+        return gather_shards([flat[end - n : end] for n, end in zip(counts, ends, strict=True)], len(questions))
 
     def engine_for(self, policy: torch.nn.Module, sampling: SamplingConfig) -> GenerationEngine:
         """The engine that generates from ``policy``'s current weights with ``sampling``."""
