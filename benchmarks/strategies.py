@@ -1,4 +1,4 @@
-"""Query strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO, GRESO, Knapsack RL.
+"""Query strategies at an equal rollout budget: recycle, soft recycle, GRPO, DAPO, Bounded-DAPO, GRESO, Knapsack, ZVP.
 
 Run after ``make demo`` (it trains from the demo's SFT checkpoint, world and index):
 
@@ -28,16 +28,18 @@ from lit_search_rl.lightning_cli import SearchRLCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("chain", "iterative", "comparison")
-# name: (data.strategy, model.oversample k, data.recycled_weight: recycle only, data.weighting, data.allocator)
+# name: (data.strategy, model.oversample k, data.recycled_weight: recycle only, data.weighting, data.allocator,
+#        model.loss.zero_variance_advantage)
 STRATEGIES = {
-    "recycle": ("recycle", 2, 1.0, "none", "fixed"),
-    "soft-recycle": ("recycle", 2, 0.1, "none", "fixed"),
-    "grpo": ("grpo", 1, None, "none", "fixed"),
-    "dapo": ("dapo", 1, None, "none", "fixed"),
-    "bounded-dapo": ("bounded_dapo", 2, None, "none", "fixed"),
-    "greso-recycle": ("recycle", 2, 1.0, "greso", "fixed"),
-    "greso-bounded-dapo": ("bounded_dapo", 2, None, "greso", "fixed"),
-    "knapsack-recycle": ("recycle", 2, 1.0, "none", "knapsack"),
+    "recycle": ("recycle", 2, 1.0, "none", "fixed", False),
+    "soft-recycle": ("recycle", 2, 0.1, "none", "fixed", False),
+    "grpo": ("grpo", 1, None, "none", "fixed", False),
+    "dapo": ("dapo", 1, None, "none", "fixed", False),
+    "bounded-dapo": ("bounded_dapo", 2, None, "none", "fixed", False),
+    "greso-recycle": ("recycle", 2, 1.0, "greso", "fixed", False),
+    "greso-bounded-dapo": ("bounded_dapo", 2, None, "greso", "fixed", False),
+    "knapsack-recycle": ("recycle", 2, 1.0, "none", "knapsack", False),
+    "zvp-recycle": ("recycle", 2, 1.0, "none", "fixed", True),
 }
 MEASURES = {  # tag: (name in tables, how a run's series becomes one number)
     "train/signal_fraction": ("signal fraction", "mean"),
@@ -53,7 +55,7 @@ def _eval_sets(world: Path, split: str) -> str:
 
 
 def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int, batch: int, val_every: int) -> dict:
-    strategy, oversample, weight, weighting, allocator = STRATEGIES[name]
+    strategy, oversample, weight, weighting, allocator, zvp = STRATEGIES[name]
     logs = out / "logs"
     common = [f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
               f"--trainer.logger.init_args.save_dir={logs}", f"--model.init_args.retriever={run / 'index'}",
@@ -69,6 +71,7 @@ def run_one(run: Path, train: Path, out: Path, name: str, seed: int, budget: int
         f"--data.init_args.strategy={strategy}",
         f"--data.init_args.recycled_weight={'null' if weight is None else weight}",
         f"--data.init_args.weighting={weighting}", f"--data.init_args.allocator={allocator}",
+        f"--model.init_args.loss.zero_variance_advantage={str(zvp).lower()}",
         f"--data.init_args.seed={seed}", f"--data.init_args.val_sets={_eval_sets(run / 'world', 'val')}",
         "--data.init_args.test_sets=[]",
     ])  # fmt: skip
@@ -116,11 +119,11 @@ def summarize(run: dict, batch: int) -> dict[str, float]:
     return row
 
 
-def em_curve(run: dict) -> list[tuple[float, float]]:
-    """(rollouts consumed, val avg EM) at each validation."""
+def em_curve(run: dict, family: str = "avg") -> list[tuple[float, float]]:
+    """(rollouts consumed, val EM of ``family``) at each validation."""
     rollouts = dict(run["series"]["train/rollouts_total"])
     curve = []
-    for step, em in run["series"].get("val/avg/em", []):
+    for step, em in run["series"].get(f"val/{family}/em", []):
         before = [r for s, r in rollouts.items() if s <= step]
         curve.append((max(before) if before else 0.0, em))
     return curve
@@ -147,19 +150,22 @@ def plot(runs: list[dict], table: dict[str, dict[str, list[float]]], out: Path) 
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in names:
-        for i, run in enumerate(r for r in runs if r["strategy"] == name):
-            xs, ys = zip(*em_curve(run), strict=True) if em_curve(run) else ((), ())
-            ax.plot(xs, ys, marker="o", color=f"C{names.index(name)}", alpha=0.7, label=name if i == 0 else None)
-    ax.set_xlabel("trajectories rolled out")
-    ax.set_ylabel("val EM (avg of families)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "strategies_em_vs_rollouts.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [*paths, path]
+    for family in ("avg", *FAMILIES):  # validation EM against trajectories spent, one plot per family
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in names:
+            for i, run in enumerate(r for r in runs if r["strategy"] == name):
+                curve = em_curve(run, family)
+                xs, ys = zip(*curve, strict=True) if curve else ((), ())
+                ax.plot(xs, ys, marker="o", color=f"C{names.index(name)}", alpha=0.7, label=name if i == 0 else None)
+        ax.set_xlabel("trajectories rolled out")
+        ax.set_ylabel(f"val EM ({'avg of families' if family == 'avg' else family})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / ("strategies_em_vs_rollouts.png" if family == "avg" else f"strategies_em_vs_rollouts_{family}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def main() -> None:

@@ -99,7 +99,8 @@ def _finite(values: Mapping[str, Any], names: Iterable[str], prefix: str, negati
 
 def check_loss_settings(values: Mapping[str, Any], prefix: str = "model.loss.") -> None:
     """The loss settings' numbers: clipping and the KL weight (``grpo.config.LossConfig``)."""
-    _finite(values, ("kl_coef", "clip_low", "clip_high", "clip_c"), prefix, negative=("clip_c",))
+    _finite(values, ("kl_coef", "clip_low", "clip_high", "clip_c", "zero_variance_alpha"), prefix,
+            negative=("clip_c",))  # fmt: skip
     clip_low, clip_c = _number(values, "clip_low", prefix), _number(values, "clip_c", prefix)
     if clip_low is not None and clip_low >= 1:
         raise ValueError(f"{prefix}clip_low must be in [0, 1) (got {clip_low})")

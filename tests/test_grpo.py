@@ -281,6 +281,17 @@ def test_knapsack_budgets_reach_the_rollouts_and_the_update(tmp_path: Path, mode
     assert cli.datamodule.sampler.allocator is not None and cli.trainer.global_step > 0
 
 
+def test_rl_zvp_trains_on_zero_variance_groups_and_logs_their_share(tmp_path: Path, model_dir: Path,
+                                                                     world_dir: Path, bm25_dir: Path,
+                                                                     coin_reward: None) -> None:  # fmt: skip
+    fit(tmp_path, model_dir, world_dir, bm25_dir, "--model.loss.zero_variance_advantage", "true",
+        "--model.loss.zero_variance_alpha", "0.2")  # fmt: skip
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    shares = [e.value for e in events.Scalars("train/zero_variance_share")]
+    assert shares and all(0.0 <= v <= 1.0 for v in shares)
+
+
 def test_rollout_budget_stops_training_at_the_step_that_crosses_it(tmp_path: Path, model_dir: Path,
                                                                     world_dir: Path, bm25_dir: Path,
                                                                     coin_reward: None) -> None:  # fmt: skip

@@ -123,3 +123,23 @@ def test_masked_tokens_get_no_gradient(model_dir: Path) -> None:
     finite, totals = m.accumulate(batch)
     assert finite and totals["loss"] == 0.0
     assert all((g == 0).all() for g in grads(m).values())
+
+
+def test_rl_zvp_trains_the_zero_variance_groups_and_reports_their_share(model_dir: Path) -> None:
+    from lit_search_rl.rollout.agent import Trajectory
+
+    def group(rewards: list[float]) -> list[Trajectory]:
+        return [Trajectory([5, 6, 7], [8 + i, 9, 10], [1, 1, 1], [0.0, 0.0, 0.0]) for i, _ in enumerate(rewards)]
+
+    rewards = [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]  # signal, all rewarded, none rewarded
+    groups = [group(r) for r in rewards]
+    plain = make_update_batch(groups, rewards, [0], pad_id=0)
+    zvp = make_update_batch(groups, rewards, [0], pad_id=0, zero_variance=True)
+    assert plain.input_ids.shape[0] == 2 and plain.zero_variance is None
+    assert zvp.input_ids.shape[0] == 6 and zvp.zero_variance.tolist() == [0, 0, 1, 1, -1, -1]
+    m = Update(model_dir)
+    m.loss.zero_variance_advantage = True
+    only_flat = make_update_batch(groups, rewards, [], pad_id=0, zero_variance=True)
+    finite, totals = m.accumulate(only_flat)
+    assert finite and totals["zero_variance_mass"] == totals["advantage_mass"] > 0
+    assert any((g != 0).any() for g in grads(m).values())  # where GRPO gives exactly nothing, RL-ZVP trains

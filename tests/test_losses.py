@@ -174,3 +174,17 @@ def test_a_registered_estimator_and_loss_are_chosen_by_name() -> None:
         assert loss.item() == pytest.approx(3.0)
     finally:
         del ADVANTAGES["sign"], POLICY_LOSSES["reinforce"]
+
+
+def test_zero_variance_advantages_follow_rl_zvps_rule() -> None:
+    from lit_search_rl.grpo.losses import zero_variance_advantages
+
+    entropy = torch.tensor([[0.5, 1.0, 2.0, 9.0], [0.2, 0.8, 0.4, 9.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 1]])  # the 9.0s are not the model's tokens
+    grpo = torch.tensor([0.0, 0.0, 0.7])
+    out = zero_variance_advantages(grpo, torch.tensor([1.0, -1.0, 0.0]), entropy, mask, alpha=0.1)
+    assert torch.allclose(out[0], torch.tensor([0.05, 0.1, 0.2, 0.0]))  # all rewarded: alpha * H, >= 0
+    # none rewarded: -alpha * (max H - H), the max over the model's own tokens (0.8, not the masked 9.0)
+    assert torch.allclose(out[1], torch.tensor([-0.06, 0.0, -0.04, 0.0]))
+    assert torch.equal(out[2], torch.tensor([0.7, 0.7, 0.0, 0.7]))  # a signal group keeps GRPO's, masked to 0
+    assert not out.requires_grad  # the entropy is a number, not a path for the gradient

@@ -42,6 +42,12 @@ class LossConfig:
     """Weight of the KL penalty to the frozen reference policy; 0 loads no reference model."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator: k1 (log-ratio), k2 (half its square) or k3 (the low-variance one, never negative)."""
+    zero_variance_advantage: bool = False
+    """RL-ZVP (arXiv 2509.21880): also train on every zero-variance group of the step, with token advantages from
+    the policy's entropy (``alpha * H`` when all rollouts were rewarded, ``-alpha * (max H - H)`` when none was;
+    ``grpo.losses.zero_variance_advantages``) instead of the zero GRPO gives them."""
+    zero_variance_alpha: float = 0.1
+    """RL-ZVP's scale of those advantages."""
 
     def validate(self, prefix: str = "model.loss.") -> None:
         from lit_search_rl.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_KINDS, POLICY_LOSSES

@@ -241,3 +241,32 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind 
 def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
     """(N, T) entropy of each next-token distribution from its (N, T, V) log-probabilities."""
     return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def zero_variance_advantages(
+    advantages: torch.Tensor, zero_variance: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """(N, T) token advantages with RL-ZVP's for the trajectories of zero-variance groups (arXiv 2509.21880, eq. 5).
+
+    A trajectory of a group whose rollouts were all rewarded (``zero_variance`` +1) gets ``alpha * H_t`` on
+    each of its tokens, one of a group with none rewarded (-1) gets ``-alpha * (max_k H_k - H_t)``, the max
+    taken over that trajectory's own tokens; any other trajectory (0) keeps its GRPO advantage on every
+    token. ``H`` is the policy's entropy at each token, used as a number: no gradient flows through it (the
+    paper detaches it too). Tokens outside ``mask`` (prompt, retrieved information, padding) get 0. The
+    paper's rule, with one reading made explicit: a multi-turn trajectory's "response" is the model's own
+    tokens only, so the max runs over them and not over the information blocks between turns.
+
+    Args:
+        advantages: (N,) GRPO advantages (0 for the zero-variance groups).
+        zero_variance: (N,) +1, -1 or 0 as above.
+        entropy: (N, T) token entropies (detached here in any case).
+        mask: (N, T) 1 on the model's own tokens.
+        alpha: the scale of the zero-variance advantages.
+    """
+    entropy = entropy.detach()
+    own = mask.bool()
+    peak = entropy.masked_fill(~own, float("-inf")).amax(-1, keepdim=True).clamp(min=0.0)  # (N, 1)
+    sign = zero_variance[:, None]
+    shaped = torch.where(sign > 0, alpha * entropy, -alpha * (peak - entropy))
+    token = torch.where(sign != 0, shaped, advantages[:, None].expand_as(entropy))
+    return token * own

@@ -201,10 +201,11 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         if sampled is None:
             return
         groups, rewards, chosen = sampled
-        if chosen:
+        zero_variance = self.loss_config.zero_variance_advantage  # RL-ZVP: zero-variance groups train too
+        if chosen or (zero_variance and groups):
             with self.timer("update_batch"):
                 batch = make_update_batch(groups, rewards, chosen, self.tokenizer.pad_token_id,
-                                          self.loss_config.advantage_scale, self.device)  # fmt: skip
+                                          self.loss_config.advantage_scale, self.device, zero_variance)  # fmt: skip
             self.update(batch)
         self.log_dict(time_metrics(time.perf_counter() - start, self.timer))
 
@@ -296,6 +297,9 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
                 optimizer.step()
                 scheduler.step()
             with self.timer("logging"):
+                if "advantage_mass" in totals:  # RL-ZVP: the share of the advantage mass on zero-variance groups
+                    mass = totals.pop("advantage_mass")
+                    totals["zero_variance_share"] = totals.pop("zero_variance_mass") / max(mass, 1e-12)
                 self.log_update({f"train/{name}": value for name, value in totals.items()})
         with self.timer("logging"):
             self.log_update({"train/skipped_steps": float(self.skipped_steps)})

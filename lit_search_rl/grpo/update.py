@@ -16,7 +16,14 @@ import torch
 
 from lit_search_rl.distributed import balanced_rows, rank_and_world
 from lit_search_rl.grpo.config import LossConfig
-from lit_search_rl.grpo.losses import POLICY_LOSSES, aggregate, group_advantages, kl_penalty, token_entropy
+from lit_search_rl.grpo.losses import (
+    POLICY_LOSSES,
+    aggregate,
+    group_advantages,
+    kl_penalty,
+    token_entropy,
+    zero_variance_advantages,
+)
 from lit_search_rl.rollout.agent import Trajectory
 from lit_search_rl.rollout.encoding import pad_batch
 
@@ -42,6 +49,9 @@ class UpdateBatch:
     # Data-parallel gradients are averaged over ranks; each rank's loss is scaled back up so the
     # averaged gradient is the gradient of the whole batch's loss.
     loss_scale: float = 1.0
+    # (N,) +1 / -1 for the trajectories of an all-rewarded / unrewarded group trained with RL-ZVP's token
+    # advantages, 0 for the rest; None: no zero-variance group in the batch.
+    zero_variance: torch.Tensor | None = None
 
 
 def make_update_batch(
@@ -51,12 +61,17 @@ def make_update_batch(
     pad_id: int,
     advantage_scale: str = "group",
     device: torch.device | str = "cpu",
+    zero_variance: bool = False,
 ) -> UpdateBatch:
     """Padded tensors and group-normalised advantages of this rank's share of the chosen groups.
 
     Advantages and loss normalisers come from the whole effective batch. With several ranks
     each takes every world-th trajectory and pads with fully masked rows to the same count.
+    With ``zero_variance`` (RL-ZVP) every group of ``groups`` whose rewards are all equal joins the
+    batch too, marked for its token advantages (``zero_variance_advantages``).
     """
+    if zero_variance:
+        chosen = [*chosen, *(i for i, r in enumerate(rewards) if i not in chosen and max(r) == min(r))]
     trajectories = [t for i in chosen for t in groups[i]]
     flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
     group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
@@ -72,12 +87,17 @@ def make_update_batch(
     filler = {"input_ids": examples[0]["input_ids"], "loss_mask": [0] * len(examples[0]["input_ids"])}
     local = [examples[i] for i in rows] + [filler] * padding
     local_advantages = torch.cat([advantages[rows], torch.zeros(padding)])
+    signs = None
+    if zero_variance:  # +1: every rollout of the group rewarded, -1: none, 0: a signal group
+        flat = [(1.0 if r[0] > 0 else -1.0) if max(r) == min(r) else 0.0 for i in chosen for r in [rewards[i]]
+                for _ in groups[i]]  # fmt: skip
+        signs = torch.cat([torch.tensor(flat)[rows], torch.zeros(padding)]).to(device)
     padded = {k: v.to(device) for k, v in pad_batch(local, pad_id).items()}
     return UpdateBatch(
         padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(device),
         rollout_logprobs=_rollout_logprobs([trajectories[i] for i in rows], padding, padded["input_ids"].shape[1],
                                            device),
-        num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world),
+        num_tokens=num_tokens, num_seqs=num_seqs, loss_scale=float(world), zero_variance=signs,
     )  # fmt: skip
 
 
@@ -140,6 +160,8 @@ def accumulate_gradients(
     num_seqs = int((mask.sum(-1) > 0).sum()) if batch.num_seqs is None else batch.num_seqs
     norms = {"num_tokens": num_tokens, "num_seqs": num_seqs, "horizon": horizon}
     totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+    if batch.zero_variance is not None:  # the zero-variance groups' advantage mass, and everybody's
+        totals["zero_variance_mass"] = totals["advantage_mass"] = 0.0
     if batch.rollout_logprobs is not None:
         totals["rollout_probs_diff"] = 0.0
     finite = True
@@ -147,7 +169,14 @@ def accumulate_gradients(
         rows = slice(i, min(n, i + micro_batch_size))
         logprobs, entropy = logprobs_of(policy, batch, rows)
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
-        loss, stats = POLICY_LOSSES[s.policy_loss](logprobs, old, batch.advantages[rows], mask[rows],
+        advantages = batch.advantages[rows]
+        if batch.zero_variance is not None:
+            advantages = zero_variance_advantages(advantages, batch.zero_variance[rows], entropy, mask[rows],
+                                                  s.zero_variance_alpha)  # fmt: skip
+            weight = advantages.abs()
+            totals["zero_variance_mass"] += (weight * (batch.zero_variance[rows] != 0)[:, None]).sum().item()
+            totals["advantage_mass"] += weight.sum().item()
+        loss, stats = POLICY_LOSSES[s.policy_loss](logprobs, old, advantages, mask[rows],
                                                    clip_low=s.clip_low, clip_high=s.clip_high, clip_c=s.clip_c,
                                                    agg=s.loss_agg, **norms)  # fmt: skip
         if batch.ref_logprobs is not None:
