@@ -27,6 +27,8 @@ Outcome = Literal["too_hard", "signal", "too_easy"]
 OUTCOMES: tuple[Outcome, ...] = ("too_hard", "signal", "too_easy")
 _CODE = {name: code for code, name in enumerate(OUTCOMES)}
 NEVER = -1
+HISTORY_STREAKS = 128
+"""Streak lengths a query's history code tells apart; longer streaks share the last one."""
 
 
 class _Fenwick:
@@ -109,6 +111,9 @@ class QueryPool:
         self.epoch_draws = np.zeros(n, dtype=np.int32)  # draws since the current epoch began
         self.last_outcome = np.full(n, NEVER, dtype=np.int8)
         self.streak = np.zeros(n, dtype=np.int32)  # reports in a row with the outcome ``last_outcome``
+        # (last outcome + 1) * HISTORY_STREAKS + streak (capped): one integer per query, kept up to date as
+        # reports come in, so a weighting maps a million histories to factors with a single gather.
+        self.history = np.zeros(n, dtype=np.int32)
         self.success = np.full(n, np.nan)  # share of rewarded trajectories in the last group (NaN: not reported)
         self.factors = np.ones(n, dtype=np.float64)  # draw-weight multipliers of a history-aware weighting
         self.epoch = 0
@@ -241,6 +246,7 @@ class QueryPool:
         }
         self.last_outcome[indices] = codes
         self.streak[indices] = np.where(codes == previous, self.streak[indices] + 1, 1)
+        self._update_history(indices)
         self.success[indices] = np.nan if success is None else np.asarray(success, dtype=np.float64)
         for i, w in zip(indices.tolist(), weights.tolist(), strict=True):
             self._active += int(w > 0) - int(self.weights[i] > 0)
@@ -320,7 +326,13 @@ class QueryPool:
         self.exhaustion = state["exhaustion"]
         self._sync()
 
+    def _update_history(self, indices: np.ndarray | slice = slice(None)) -> None:
+        capped = np.minimum(self.streak[indices], HISTORY_STREAKS - 1)
+        self.history[indices] = (self.last_outcome[indices].astype(np.int32) + 1) * HISTORY_STREAKS + capped
+
     def _sync(self) -> None:
-        """Derive the state that follows from the weights (the search tree, at the next draw; the active count)."""
+        """Derive the state that follows from the weights and outcomes (the search tree, at the next draw; the
+        history codes; the active count)."""
         self._stale = True
+        self._update_history()
         self._active = int(np.count_nonzero(self.weights > 0))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_search_rl.data.pool import OUTCOMES, Outcome, QueryPool
+from lit_search_rl.data.pool import HISTORY_STREAKS, OUTCOMES, Outcome, QueryPool
 
 
 class Weighting:
@@ -85,16 +85,17 @@ class GRESOWeighting(Weighting):
         return round(min(max(p, self.bounds[0]), self.bounds[1]), 10)
 
     def factors(self, pool: QueryPool) -> np.ndarray:
-        """Each query's factor from its streak of zero-variance outcomes (1 without one)."""
-        width = int(pool.streak.max(initial=0)) + 1
-        z = np.arange(width)
-        # One row of factors per last outcome (never drawn first), one column per streak length, then a single
-        # gather: a million queries cost a few vectorised passes, not a million powers.
-        table = np.ones((len(OUTCOMES) + 1, width))
+        """Each query's factor from its streak of zero-variance outcomes (1 without one).
+
+        One row of factors per last outcome, one column per streak length, read with the pool's history code
+        in a single gather: a million queries cost one pass. Streaks beyond the code's cap share its last
+        column, which changes nothing: at p <= 0.95, ``p ** 127`` is already below the 0.01 floor.
+        """
+        z = np.arange(HISTORY_STREAKS)
+        table = np.ones((len(OUTCOMES) + 1, HISTORY_STREAKS))  # row 0: never drawn
         table[OUTCOMES.index("too_easy") + 1] = np.maximum(self.p_easy**z, self.floor)
         table[OUTCOMES.index("too_hard") + 1] = np.maximum(self.p_hard**z, self.floor)
-        cell = (pool.last_outcome + 1).astype(np.int64) * width + pool.streak
-        return table.ravel()[cell]
+        return table.ravel()[pool.history]
 
     def metrics(self, pool: QueryPool) -> dict[str, float]:
         active = pool.weights > 0
