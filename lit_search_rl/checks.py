@@ -106,6 +106,9 @@ def check_loss_settings(values: Mapping[str, Any], prefix: str = "model.loss.") 
         raise ValueError(f"{prefix}clip_low must be in [0, 1) (got {clip_low})")
     if clip_c is not None and clip_c <= 1:
         raise ValueError(f"{prefix}clip_c must be above 1 (got {clip_c})")
+    alpha = _number(values, "zero_variance_alpha", prefix)
+    if alpha is not None and alpha <= 0:
+        raise ValueError(f"{prefix}zero_variance_alpha must be above 0 (got {alpha})")
 
 
 def check_optimizer_settings(values: Mapping[str, Any], prefix: str = "model.optimizer.") -> None:

@@ -36,6 +36,8 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
         ({"loss": LossConfig(advantage_scale="rank")}, "model.loss.advantage_scale must be one of group, batch, none"),
         ({"optimizer": OptimizerConfig(learning_rate=float("nan"))}, "model.optimizer.learning_rate"),
         ({"optimizer": OptimizerConfig(adam_beta2=1.0)}, "model.optimizer.adam_beta2"),
+        ({"loss": LossConfig(zero_variance_alpha=-0.1)}, "model.loss.zero_variance_alpha must not be negative"),
+        ({"loss": LossConfig(zero_variance_alpha=0.0)}, "model.loss.zero_variance_alpha must be above 0"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
