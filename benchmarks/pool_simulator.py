@@ -4,13 +4,15 @@ Run: ``.venv/bin/python benchmarks/pool_simulator.py`` (seconds).
 
 Each of 10,000 queries has a latent difficulty; a rollout is correct with probability
 sigmoid(skill - difficulty). The simulated policy's skill grows with every signal group it
-trains on and drifts at random. Each strategy spends the same rollout budget (84.5K
-trajectories, K = 4, B = 32, k = 2 where the strategy oversamples) through the library's own
-``draw_step`` and ``QueryPool`` (and a pool weighting, ``greso_*``: GRESO's history-aware factors on top of
-the strategy; a rollout allocator, ``knapsack_*``: Knapsack RL's per-query group sizes at the same budget).
-Reported: updates taken, signal fraction of drawn groups,
-effective-batch fill, recycled share of the effective batch (whole run and last quarter),
-flips by kind, queries consumed, final skill, and draw + report time per step on 1M queries.
+trains on (``--skill_model information``: with each group's mass of normalised advantages, which
+grows with its size and its balance of right and wrong) and drifts at random. Each strategy spends
+the same rollout budget (84.5K trajectories, K = 4, B = 32, k = 2 where the strategy oversamples)
+through the library's own ``draw_step`` and ``QueryPool``, with a pool weighting (``greso_*``:
+GRESO's history-aware factors) or a rollout allocator (``knapsack_*``: Knapsack RL's per-query
+group sizes at the same budget) on top where named. Reported: updates taken, signal fraction of
+drawn groups, signal groups per 100 trajectories, effective-batch fill, recycled share of the
+effective batch (whole run and last quarter), flips by kind, queries consumed, final skill, and
+draw + report time per step on 1M queries.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ SETTINGS = {
 }
 
 
-def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed: int) -> dict:
+def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed: int,
+             skill_model: str = "groups") -> dict:  # fmt: skip
     rng = np.random.default_rng(seed)
     difficulty = rng.normal(0.0, 1.5, queries)
     skill = -0.5
@@ -85,7 +88,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
         history.append((spent, len(result.chosen), result.recycled))
         if result.chosen:
             updates += 1
-            skill += 0.0005 * len(result.chosen)  # learning from the signal groups
+            skill += 0.0005 * learning(result, pool, group, skill_model)
         skill += rng.normal(0.0, 0.02)  # and drifting at random
     last = history[3 * len(history) // 4 :]
     late_chosen = sum(h[1] for h in last)
@@ -98,6 +101,24 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
         "recovery": flips["recovery"], "drift": flips["drift"], "flipped_unique_share": len(flipped) / queries,
         "consumed": pool.consumed, "epochs": pool.epoch, "final_skill": skill, "history": history,
     }  # fmt: skip
+
+
+def learning(result, pool: QueryPool, group: int, skill_model: str) -> float:
+    """How much a step's effective batch teaches, in signal groups of K at an even split.
+
+    ``groups``: one per signal group, whatever its size. ``information``: a group of n rollouts with a share
+    q rewarded counts ``(n / K) * 2 * sqrt(q * (1 - q))``, its mass of normalised advantages against a group of
+    K at q = 1/2: a larger group on an uncertain question teaches more, which is what per-query budgets spend
+    trajectories on.
+    """
+    if skill_model == "groups":
+        return float(len(result.chosen))
+    sizes = result.sizes or [group] * len(result.drawn)
+    total = 0.0
+    for position in result.picked:
+        q = float(pool.success[result.drawn[position]])
+        total += sizes[position] / group * 2.0 * np.sqrt(q * (1.0 - q))
+    return total
 
 
 def draw_speed(size: int = 1_000_000, batch: int = 32, oversample: int = 2, steps: int = 100,
@@ -122,12 +143,15 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--budget", type=int, default=84_500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--skill_model", choices=["groups", "information"], default="groups",
+                        help="what the simulated policy learns from (see learning())")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pool_simulator.json"))
     args = parser.parse_args()
     rows = []
     start = time.perf_counter()
     for label in SETTINGS:
-        runs = [simulate(label, args.queries, args.batch, args.group, args.budget, s) for s in args.seeds]
+        runs = [simulate(label, args.queries, args.batch, args.group, args.budget, s, args.skill_model)
+                for s in args.seeds]  # fmt: skip
         mean = {k: (float(np.mean([r[k] for r in runs])) if k != "strategy" else label)
                 for k in runs[0] if k != "history"}  # fmt: skip
         mean["history"] = runs[0]["history"]  # the first seed's curve, for the plot

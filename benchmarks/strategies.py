@@ -41,6 +41,8 @@ STRATEGIES = {
     "knapsack-recycle": ("recycle", 2, 1.0, "none", "knapsack", False),
     "zvp-recycle": ("recycle", 2, 1.0, "none", "fixed", True),
 }
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student's t at 97.5% for 1..10 degrees of freedom (more seeds use the last)."""
 MEASURES = {  # tag: (name in tables, how a run's series becomes one number)
     "train/signal_fraction": ("signal fraction", "mean"),
     "train/effective_batch_size": ("effective-batch fill", "fill"),
@@ -222,6 +224,13 @@ def main() -> None:
             sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{sd}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\ntest avg EM, mean and 95% interval over the seeds (Student's t):")
+    for name, row in table.items():
+        values = row["test avg"]
+        if len(values) > 1:
+            half = T_975[min(len(values) - 1, len(T_975)) - 1] * statistics.stdev(values) / len(values) ** 0.5
+            print(f"  {name}: {statistics.mean(values):.3f} [{statistics.mean(values) - half:.3f}, "
+                  f"{statistics.mean(values) + half:.3f}]")  # fmt: skip
     print("\nplots: " + ", ".join(str(p) for p in plots))
 
 
