@@ -42,6 +42,13 @@ SETTINGS = {
     "knapsack_dapo": {"name": "dapo", "max_rounds": 4, "allocator": "knapsack"},
     "knapsack_bounded_dapo": {"name": "bounded_dapo", "oversample": 2, "allocator": "knapsack"},
     "knapsack_recycle": {"name": "recycle", "oversample": 2, "allocator": "knapsack"},
+    "greso_knapsack_dapo": {"name": "dapo", "max_rounds": 4, "weighting": "greso", "allocator": "knapsack"},
+    "greso_knapsack_bounded_dapo": {
+        "name": "bounded_dapo",
+        "oversample": 2,
+        "weighting": "greso",
+        "allocator": "knapsack",
+    },  # fmt: skip
     "greso_knapsack_recycle": {"name": "recycle", "oversample": 2, "weighting": "greso", "allocator": "knapsack"},
 }
 

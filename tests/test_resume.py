@@ -186,3 +186,17 @@ def test_an_incomplete_checkpoint_is_one_line_naming_it(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "EOFError" not in err
     assert f"{bad} is not a complete checkpoint" in err.strip().splitlines()[-1], err
+
+
+def test_resume_is_exact_with_greso_knapsack_and_zero_variance_advantages(
+    runs: Path, model_dir: Path, world_dir: Path, bm25_dir: Path
+) -> None:
+    extra = ("--data.weighting", "greso", "--data.allocator", "knapsack", "--model.loss.zero_variance_advantage",
+             "true", "--model.group_size", "4", "--model.micro_batch_size", "4")  # fmt: skip
+    straight = fit(runs, "straight-options", model_dir, world_dir, bm25_dir, 2, *extra)
+    fit(runs, "split-options", model_dir, world_dir, bm25_dir, 1, *extra)
+    last = runs / "split-options" / "ckpt" / "last.ckpt"
+    resumed = fit(runs, "split-options", model_dir, world_dir, bm25_dir, 2, *extra, "--ckpt_path", str(last))
+    assert_same_run(straight, resumed, runs / "straight-options", runs / "split-options")
+    weighting = straight.datamodule.sampler.weighting.state_dict()
+    assert resumed.datamodule.sampler.weighting.state_dict() == weighting != {"p_easy": 0.5, "p_hard": 0.5}
