@@ -47,6 +47,9 @@ def test_capped_budget_goes_evenly_to_the_never_solved_queries() -> None:
 def test_a_budget_below_the_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match="a rollout budget of 5 cannot give 2 queries their minimum"):
         knapsack_sizes([None, 0.3], total=5, group_size=4)
+    pool = QueryPool(["a", "b", "c"])
+    with pytest.raises(ValueError, match="data.rollout_budget: a rollout budget of 7 cannot give 2 queries"):
+        KnapsackAllocator(group_size=4, budget=7).sizes(pool, [0, 1])
     with pytest.raises(ValueError, match="unknown rollout allocator 'knapsak'"):
         make_allocator("knapsak", 4)
 

@@ -114,7 +114,10 @@ class KnapsackAllocator(Allocator):
 
     def sizes(self, pool: QueryPool, drawn: Sequence[int]) -> list[int]:
         total = self.budget if self.budget is not None else self.group_size * len(drawn)
-        return knapsack_sizes(success_estimates(pool, drawn), total, self.group_size, self.floor, self.cap)
+        try:
+            return knapsack_sizes(success_estimates(pool, drawn), total, self.group_size, self.floor, self.cap)
+        except ValueError as e:  # only a set budget can be too small: K per candidate always covers the minimum
+            raise ValueError(f"data.rollout_budget: {e}") from None
 
 
 ALLOCATORS: dict[str, type[Allocator]] = {a.name: a for a in (Allocator, KnapsackAllocator)}
