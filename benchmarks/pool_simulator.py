@@ -80,7 +80,7 @@ def simulate(label: str, queries: int, batch: int, group: int, budget: int, seed
     history = []
     while spent < budget:
         before = pool.last_outcome.copy()
-        result = draw_step(pool, strategy, outcomes_of, allocator if allocator.name != "fixed" else None)
+        result = draw_step(pool, strategy, outcomes_of, allocator)
         weighting.update(pool, result.outcomes)
         steps += 1
         drawn += len(result.drawn)

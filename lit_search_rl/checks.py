@@ -33,9 +33,11 @@ def require_at_least(config: Any, names: Iterable[str], low: int = 1, prefix: st
 # are present and of the expected kind, the rest is left to jsonargparse's type checks.
 
 STRATEGY_NAMES = ("recycle", "grpo", "dapo", "bounded_dapo")
-WEIGHTING_NAMES = ("none", "greso")
-ALLOCATOR_NAMES = ("fixed", "knapsack")
 """The query strategies of ``RecyclingDataModule`` (``data.strategies.STRATEGIES``)."""
+WEIGHTING_NAMES = ("none", "greso")
+"""Its pool weightings (``data.weighting.WEIGHTINGS``)."""
+ALLOCATOR_NAMES = ("fixed", "knapsack")
+"""Its rollout allocators (``data.allocation.ALLOCATORS``)."""
 
 
 def _number(values: Mapping[str, Any], name: str, prefix: str, integer: bool = False) -> float | None:

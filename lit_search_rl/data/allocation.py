@@ -30,7 +30,7 @@ _ESTIMATE = {OUTCOMES.index("too_easy"): 1.0, OUTCOMES.index("too_hard"): 0.0, O
 
 
 class Allocator:
-    """Every drawn query gets ``group_size`` trajectories."""
+    """Every drawn query gets the caller's own group size K (``sizes`` is None: nothing to pass on)."""
 
     name = "fixed"
 
@@ -41,9 +41,9 @@ class Allocator:
             raise ValueError(f"the rollout budget of a round must be at least 1 (got {budget})")
         self.group_size, self.budget = group_size, budget
 
-    def sizes(self, pool: QueryPool, drawn: Sequence[int]) -> list[int]:
-        """Trajectories for each drawn query, in draw order."""
-        return [self.group_size] * len(drawn)
+    def sizes(self, pool: QueryPool, drawn: Sequence[int]) -> list[int] | None:
+        """Trajectories for each drawn query, in draw order; None when every query gets K."""
+        return None
 
 
 def success_estimates(pool: QueryPool, drawn: Sequence[int]) -> list[float | None]:

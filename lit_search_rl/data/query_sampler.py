@@ -33,7 +33,7 @@ class StepResult:
         picked: positions of the chosen queries in ``drawn`` (the step's draw order), aligned with ``chosen``.
         drawn: pool indices of every query rolled out in this step.
         outcomes: outcome of each drawn query, aligned with ``drawn``.
-        sizes: rollouts of each drawn query, aligned with ``drawn`` (empty without an allocator).
+        sizes: rollouts of each drawn query, aligned with ``drawn`` (empty when every query got K).
         recycled: how many of ``chosen`` had been drawn earlier in the same epoch (returned to the pool).
         flips: ``recovery`` and ``drift`` counts of this step's reports.
     """
@@ -59,9 +59,10 @@ def draw_step(
 ) -> StepResult:
     """Run the strategy's rounds for one optimizer step and report every drawn query to the pool.
 
-    ``outcomes_of(drawn)`` rolls out and scores a round's queries; with an ``allocator`` it is called as
-    ``outcomes_of(drawn, sizes)``, ``sizes`` the rollouts of each. If it raises, every draw and report of
-    the step is undone before the error goes on: a query whose group was not scored is never consumed.
+    ``outcomes_of(drawn)`` rolls out and scores a round's queries; with an ``allocator`` that varies the group
+    sizes it is called as ``outcomes_of(drawn, sizes)``, ``sizes`` the rollouts of each. If it raises, every
+    draw and report of the step is undone before the error goes on: a query whose group was not scored is
+    never consumed.
     """
     with pool.transaction():
         return _rounds(pool, strategy, outcomes_of, allocator)
@@ -117,8 +118,8 @@ class QuerySampler:
         pool: the weighted pool over ``records``.
         check_every: steps between checks that every rank's pool is still identical (0: never).
         weighting: how the pool's history scales draw weights after each step (none: the strategy alone).
-        allocator: rollouts per drawn question (none: the caller's fixed group size, and ``outcomes_of``
-            gets the questions alone).
+        allocator: rollouts per drawn question (none, or the fixed one: the caller's own group size, and
+            ``outcomes_of`` gets the questions alone).
     """
 
     def __init__(self, records: Sequence[QARecord], strategy: Strategy, pool: QueryPool, check_every: int = 1,
@@ -133,8 +134,8 @@ class QuerySampler:
     def step(self, outcomes_of: Callable[..., Sequence[Scored]]) -> StepResult:
         """Draw, have ``outcomes_of`` roll out and score each round's questions, pick, report.
 
-        ``outcomes_of(records)`` returns each group's outcome or rewards; with an allocator it is called as
-        ``outcomes_of(records, sizes)``.
+        ``outcomes_of(records)`` returns each group's outcome or rewards; with an allocator that varies the group
+        sizes it is called as ``outcomes_of(records, sizes)``.
 
         With several ranks, ``outcomes_of`` must return every drawn question's outcome on every
         rank (the GRPO module gathers them), so the pools stay identical; checked every
@@ -163,5 +164,5 @@ class QuerySampler:
             "train/recovery_fraction": result.flips["recovery"] / drawn,
             "train/drift_fraction": result.flips["drift"] / drawn,
             **self.weighting.metrics(self.pool),
-            **(size_metrics(result.sizes) if self.allocator is not None else {}),
+            **(size_metrics(result.sizes) if result.sizes else {}),
         }

@@ -130,10 +130,8 @@ class RecyclingDataModule(EvalDataModule):
             pool.load_state_dict(self._pending_state["pool"])
             weighting.load_state_dict(self._pending_state.get("weighting", {}))
             self._pending_state = None
-        # The fixed allocator leaves group sizes to the module (K); only an allocator that varies them is passed on.
         allocator = make_allocator(self.allocator_name, group, self.rollout_budget)
-        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every, weighting,
-                                    allocator if self.allocator_name != "fixed" else None)  # fmt: skip
+        self.sampler = QuerySampler(self.records, strategy, pool, self.check_every, weighting, allocator)
 
     def _sizes(self) -> tuple[int, int, int]:
         """B, k and K: the GRPO module's (``model.batch_size``, ``model.oversample``, ``model.group_size``), which

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lit_search_rl.callbacks.weight_sync import require_weight_sync
 from lit_search_rl.checks import check_grpo_settings, check_one_of
-from lit_search_rl.data.pool import PoolExhausted, classify_group
+from lit_search_rl.data.pool import PoolExhausted
 from lit_search_rl.data.qa import QARecord
 from lit_search_rl.data.query_sampler import QuerySampler
 from lit_search_rl.distributed import all_ranks_true, sum_over_ranks
@@ -216,13 +216,12 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         here. Returns None when the pool is exhausted under the ``stop`` policy (training ends).
         """
         sampler = self.query_sampler()
-        groups, rewards, outcomes = [], [], []
+        groups, rewards = [], []
 
         def outcomes_of(questions: list[QARecord], sizes: list[int] | None = None) -> list[list[float]]:
             groups.extend(self.rollout(questions, sizes))
             rewards.extend(self.score(groups[-len(questions) :], questions))
-            outcomes.extend(classify_group(r) for r in rewards[-len(questions) :])
-            return rewards[-len(questions) :]  # the pool learns each group's outcome and share of rewarded ones
+            return rewards[-len(questions) :]  # the sampler classifies them; the pool learns each share rewarded
 
         try:
             with self.timer("pool"):  # the strategy's draws, reports and picks; rollouts time themselves
@@ -232,7 +231,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             self.trainer.should_stop = True
             return None
         with self.timer("logging"):
-            metrics = rollout_metrics(groups, rewards, outcomes, result.picked, self.step_invalid_rewards)
+            metrics = rollout_metrics(groups, rewards, result.outcomes, result.picked, self.step_invalid_rewards)
             self.log("train/reward_mean", metrics.pop("train/reward_mean"), prog_bar=True)
             self.log_dict({**metrics, **sampler.metrics(result)})
             self.step_rollouts = sum(len(g) for g in groups)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_search_rl.data.pool import classify_group
 from lit_search_rl.distributed import balanced_rows, rank_and_world
 from lit_search_rl.grpo.config import LossConfig
 from lit_search_rl.grpo.losses import (
@@ -70,8 +71,10 @@ def make_update_batch(
     With ``zero_variance`` (RL-ZVP) every group of ``groups`` whose rewards are all equal joins the
     batch too, marked for its token advantages (``zero_variance_advantages``).
     """
+    sign = {}  # RL-ZVP: +1 for a group whose rollouts were all rewarded, -1 for none, 0 for a signal group
     if zero_variance:
-        chosen = [*chosen, *(i for i, r in enumerate(rewards) if i not in chosen and max(r) == min(r))]
+        sign = {i: {"too_easy": 1.0, "too_hard": -1.0}.get(classify_group(r), 0.0) for i, r in enumerate(rewards)}
+        chosen = [*chosen, *(i for i, s in sign.items() if s and i not in chosen)]
     trajectories = [t for i in chosen for t in groups[i]]
     flat_rewards = torch.tensor([r for i in chosen for r in rewards[i]], dtype=torch.float32)
     group_ids = torch.tensor([i for i in chosen for _ in groups[i]])
@@ -88,10 +91,9 @@ def make_update_batch(
     local = [examples[i] for i in rows] + [filler] * padding
     local_advantages = torch.cat([advantages[rows], torch.zeros(padding)])
     signs = None
-    if zero_variance:  # +1: every rollout of the group rewarded, -1: none, 0: a signal group
-        flat = [(1.0 if r[0] > 0 else -1.0) if max(r) == min(r) else 0.0 for i in chosen for r in [rewards[i]]
-                for _ in groups[i]]  # fmt: skip
-        signs = torch.cat([torch.tensor(flat)[rows], torch.zeros(padding)]).to(device)
+    if zero_variance:
+        flat = torch.tensor([sign[i] for i in chosen for _ in groups[i]])
+        signs = torch.cat([flat[rows], torch.zeros(padding)]).to(device)
     padded = {k: v.to(device) for k, v in pad_batch(local, pad_id).items()}
     return UpdateBatch(
         padded["input_ids"], padded["attention_mask"], padded["loss_mask"], local_advantages.to(device),
