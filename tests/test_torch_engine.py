@@ -9,9 +9,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
+from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.torch_engine import Rope, SlotCache, TorchEngine, length_groups, rotate, unsupported_reason
+from lit_search_rl.rollout.torch_engine import (
+    FusedDecoder,
+    Rope,
+    SlotCache,
+    StopMatcher,
+    TorchEngine,
+    length_groups,
+    rotate,
+    unsupported_reason,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +30,22 @@ def tokenizer(model_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def model(model_dir: Path):
-    return AutoModelForCausalLM.from_pretrained(model_dir)
+def llama_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A llama decoder (no QK-norm: the fused decode step) with two query heads per key head, same tokenizer."""
+    out = tmp_path_factory.mktemp("llama") / "model"
+    config = TinyModelConfig(vocab_size=600, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                             intermediate_size=128, architecture="llama")  # fmt: skip
+    create_tiny_model(world_dir, out, config)
+    return out
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama"], ids=["modules", "fused"])
+def model(request, model_dir: Path):
+    """Each engine test runs on a qwen3 decoder (the decode step calls its modules) and a llama one (fused)."""
+    path = model_dir if request.param == "qwen3" else request.getfixturevalue("llama_dir")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert (FusedDecoder.of(model) is not None) == (request.param == "llama")
+    return model
 
 
 def prompts_of(tokenizer, n: int) -> list[list[int]]:
@@ -42,9 +66,10 @@ def test_greedy_generations_equal_the_transformers_engines(model, tokenizer, com
     stop = [tokenizer.decode(free[row].token_ids[:3]) for row in (3, 5, 6, 8)]
     expected = HFEngine(model, tokenizer, greedy).generate(prompts, budgets, stop)
     selects, firsts = [], []
-    select, update = SlotCache.select, SlotCache.update
+    select, update, append = SlotCache.select, SlotCache.update, SlotCache.append
     monkeypatch.setattr(SlotCache, "select", lambda self, rows: selects.append(rows) or select(self, rows))
     monkeypatch.setattr(SlotCache, "update", lambda self, *a: firsts.append(self.first) or update(self, *a))
+    monkeypatch.setattr(SlotCache, "append", lambda self, *a: firsts.append(self.first) or append(self, *a))
     got = TorchEngine(model, tokenizer, greedy, min_compact_rows=compact).generate(prompts, budgets, stop)
     assert bool(selects) == (compact == 2)  # the unfinished rows went on alone
     assert (max(firsts) > 0) == (compact == 2)  # without reading the padding only stopped rows needed
@@ -212,8 +237,10 @@ def test_the_next_turn_reuses_the_sequences_of_the_last_call_exactly(model, toke
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(e.logprobs), atol=1e-5)
 
 
-def test_sequences_are_not_reused_after_the_weights_change(model_dir: Path, tokenizer) -> None:
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+@pytest.mark.parametrize("folder", ["model_dir", "llama_dir"], ids=["modules", "fused"])
+def test_sequences_are_not_reused_after_the_weights_change(folder: str, tokenizer, request) -> None:
+    # The fused decode step's weights are copies: they must be built again too.
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(folder))
     greedy = SamplingConfig(temperature=0.0)
     engine = TorchEngine(model, tokenizer, greedy)
     prompts = prompts_of(tokenizer, 3)
@@ -227,6 +254,55 @@ def test_sequences_are_not_reused_after_the_weights_change(model_dir: Path, toke
     assert [g.token_ids for g in got] == [g.token_ids for g in expected]
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5)
+
+
+def test_the_fused_decode_step_gives_the_modules_logits(llama_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    fused = FusedDecoder.of(model)
+    rows, slots = 3, 12
+    cache, reference = (SlotCache(model.config, rows, slots, torch.float32, torch.device("cpu")) for _ in range(2))
+    rope = Rope(model, slots)
+    ids = torch.randint(0, 600, (rows, slots))
+    mask = torch.zeros((rows, model.config.num_key_value_heads, 1, slots))
+    with torch.no_grad():
+        for n in range(slots):  # one token per step from an empty cache, both ways
+            for c in (cache, reference):
+                c.advance(1)
+            positions = torch.full((rows,), n)
+            step_mask = mask[..., : n + 1]
+            got = fused.step(model, ids[:, n], positions, step_mask.reshape(-1, 1, n + 1), cache, rope)
+            expected = TorchEngine._forward(model, ids[:, n : n + 1], positions[:, None], step_mask, reference, rope)
+            assert torch.allclose(got, expected, atol=1e-5), n
+        assert torch.allclose(got, model(ids).logits[:, -1], atol=1e-5)  # and a forward over the whole sequence
+
+
+def test_the_fused_decode_step_is_refused_where_it_would_change_the_model(llama_dir: Path, model_dir: Path) -> None:
+    peft = pytest.importorskip("peft")
+    llama = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert FusedDecoder.of(llama) is not None
+    assert FusedDecoder.of(AutoModelForCausalLM.from_pretrained(model_dir)) is None  # norms on q and k
+    assert FusedDecoder.of(AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.bfloat16)) is None
+    wrapped = peft.get_peft_model(llama, peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    assert FusedDecoder.of(wrapped.get_base_model()) is None  # adapters keep their own forward
+
+
+def test_the_stop_matcher_answers_as_transformers_criteria(tokenizer) -> None:
+    from transformers.generation import StopStringCriteria
+
+    stops = ["</search>", "</answer>", "ab"]
+    criteria = StopStringCriteria(tokenizer, stops)
+    matcher = StopMatcher(criteria)
+    generator = torch.Generator().manual_seed(0)
+    planted = [tokenizer(f"x {s}", add_special_tokens=False)["input_ids"] for s in stops]
+    found = 0
+    for _ in range(200):
+        ids = torch.randint(0, len(tokenizer), (16, 12), generator=generator)
+        for row, stop_ids in enumerate(planted):
+            ids[row, -len(stop_ids) :] = torch.tensor(stop_ids)
+        expected = criteria(ids, None)
+        assert torch.equal(matcher(ids, ids[:, -1]), expected)
+        found += int(expected.sum())
+    assert found >= 3 * 200  # the planted rows matched, so both branches ran
 
 
 def test_length_groups_cover_every_row_once_and_trade_padding_for_passes() -> None:
