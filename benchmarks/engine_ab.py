@@ -33,20 +33,33 @@ from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
 from lit_search_rl.rollout.hf_engine import HFEngine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = "lit_search_rl/rollout/torch_engine.py"
+MODULES = ("slot_cache", "decoder", "torch_engine")  # the engine's modules under lit_search_rl/rollout, itself last
 
 
 def engine_at(revision: str) -> type:
-    """``TorchEngine`` as the module stood at ``revision`` (loaded under a name of its own)."""
-    source = subprocess.run(["git", "show", f"{revision}:{MODULE}"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "earlier_torch_engine.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("earlier_torch_engine", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module.TorchEngine
+    """``TorchEngine`` as its modules stood at ``revision`` (each loaded under a name of its own).
+
+    The modules the engine imports from this package are read at the same revision (where they existed
+    then), so that the earlier engine runs with its own cache and forward passes, not this tree's.
+    """
+    folder = Path(tempfile.mkdtemp())
+    engine = None
+    for name in MODULES:
+        shown = subprocess.run(["git", "show", f"{revision}:lit_search_rl/rollout/{name}.py"], cwd=ROOT,
+                               capture_output=True, text=True)  # fmt: skip
+        if shown.returncode != 0:
+            continue  # the module did not exist yet
+        source = shown.stdout
+        for other in MODULES:
+            source = source.replace(f"from lit_search_rl.rollout.{other} import", f"from earlier_{other} import")
+        path = folder / f"earlier_{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"earlier_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+        engine = module
+    return engine.TorchEngine
 
 
 def main() -> None:

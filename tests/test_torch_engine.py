@@ -10,18 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
 from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
+from lit_search_rl.rollout.decoder import FusedDecoder, Rope, forward_modules, rotate
 from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.torch_engine import (
-    FusedDecoder,
-    Rope,
-    SlotCache,
-    StopMatcher,
-    TorchEngine,
-    length_groups,
-    rotate,
-    unsupported_reason,
-)
+from lit_search_rl.rollout.slot_cache import SlotCache
+from lit_search_rl.rollout.torch_engine import StopMatcher, TorchEngine, length_groups, unsupported_reason
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +264,7 @@ def test_the_fused_decode_step_gives_the_modules_logits(llama_dir: Path) -> None
             positions = torch.full((rows,), n)
             step_mask = mask[..., : n + 1]
             got = fused.step(model, ids[:, n], positions, step_mask.reshape(-1, 1, n + 1), cache, rope)
-            expected = TorchEngine._forward(model, ids[:, n : n + 1], positions[:, None], step_mask, reference, rope)
+            expected = forward_modules(model, ids[:, n : n + 1], positions[:, None], step_mask, reference, rope)
             assert torch.allclose(got, expected, atol=1e-5), n
         assert torch.allclose(got, model(ids).logits[:, -1], atol=1e-5)  # and a forward over the whole sequence
 

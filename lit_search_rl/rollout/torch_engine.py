@@ -31,12 +31,9 @@ is large enough to use the process's threads.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation import (
     LogitsProcessorList,
@@ -46,11 +43,13 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
+from lit_search_rl.rollout.decoder import FusedDecoder, Rope, forward_modules
 from lit_search_rl.rollout.engine import Generation, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.slot_cache import PrefixIndex, SlotCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-"""Pre-norm decoders whose layers ``TorchEngine._forward`` calls module by module (full attention)."""
+"""Pre-norm decoders whose layers ``forward_modules`` calls module by module (full attention)."""
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -71,107 +70,6 @@ def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers causal LM inside ``model`` (peft's wrapper keeps its adapters in it)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
-
-
-class SlotCache:
-    """A KV cache allocated once for a whole call and filled in place, one slot per position.
-
-    The model's attention layers call ``update`` with the keys and values of the positions being
-    computed; they are written at slots ``[start, end)`` of ``rows`` and the keys of all slots up to
-    ``end`` are returned. Shapes: (layers, B, kv_heads, slots, head_dim).
-    """
-
-    def __init__(self, config, batch: int, slots: int, dtype: torch.dtype, device: torch.device) -> None:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, slots, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.start = self.end = 0
-        self.first = 0  # the first slot any row reads: slots before it are padding in every row
-        self.rows: slice | torch.Tensor = slice(None)  # the rows the next forward computes
-
-    def advance(self, length: int) -> None:
-        """The next forward computes ``length`` positions, written after the ones already cached."""
-        self.start, self.end = self.end, self.end + length
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if isinstance(self.rows, slice):  # all rows: views of the cache, no copies
-            keys[:, :, self.start : self.end] = key
-            values[:, :, self.start : self.end] = value
-            return keys[:, :, self.first : self.end], values[:, :, self.first : self.end]
-        keys[self.rows, :, self.start : self.end] = key  # a group of rows (prefill): gathered copies
-        values[self.rows, :, self.start : self.end] = value
-        return keys[self.rows, :, : self.end], values[self.rows, :, : self.end]
-
-    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one position's (B, KV, d) ``key`` and ``value`` at slot ``start`` of every row.
-
-        Returns the keys and values of the slots read, ``[first, end)``, as (B * KV, slots, d) views.
-        """
-        keys, values = self.keys[layer], self.values[layer]
-        keys[:, :, self.start] = key
-        values[:, :, self.start] = value
-        batch, kv_heads, _, dim = keys.shape
-        read = slice(self.first, self.end)
-        return (keys[:, :, read].reshape(batch * kv_heads, -1, dim),
-                values[:, :, read].reshape(batch * kv_heads, -1, dim))  # fmt: skip
-
-    def select(self, rows: torch.Tensor) -> SlotCache:
-        """A new cache holding only ``rows`` (copies), at the same position."""
-        selected = copy.copy(self)
-        selected.keys, selected.values = self.keys[:, rows], self.values[:, rows]
-        return selected
-
-    def copy_from(self, source: Prefix, row: int, slot: int, length: int) -> None:
-        """Copy the first ``length`` positions of ``source`` into ``row`` from ``slot`` on."""
-        start = source.slot
-        self.keys[:, row, :, slot : slot + length] = source.cache.keys[:, source.row, :, start : start + length]
-        self.values[:, row, :, slot : slot + length] = source.cache.values[:, source.row, :, start : start + length]
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on."""
-
-    ids: tuple[int, ...]
-    cache: SlotCache
-    row: int
-    slot: int
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
-
-class PrefixIndex:
-    """The sequences of one ``generate`` call, found again by the longest one a new prompt starts with.
-
-    The agent loop's next turn extends each trajectory (its prompt, the model's turn, an information
-    block), so its prompt starts with a sequence of this call. Lookup is by length and the last few
-    ids, then an exact comparison.
-    """
-
-    TAIL = 8
-
-    def __init__(self) -> None:
-        self._by_tail: dict[tuple[int, tuple[int, ...]], list[Prefix]] = {}
-        self._lengths: list[int] = []
-
-    def add(self, ids: Sequence[int], cache: SlotCache, row: int, slot: int) -> None:
-        prefix = Prefix(tuple(ids), cache, row, slot)
-        self._by_tail.setdefault((prefix.length, prefix.ids[-self.TAIL :]), []).append(prefix)
-        self._lengths = sorted({*self._lengths, prefix.length}, reverse=True)
-
-    def longest_prefix(self, ids: Sequence[int]) -> Prefix | None:
-        """The longest stored sequence that ``ids`` starts with, or None."""
-        ids = tuple(ids)
-        for length in self._lengths:
-            if 0 < length <= len(ids):
-                for prefix in self._by_tail.get((length, ids[max(0, length - self.TAIL) : length]), ()):
-                    if prefix.ids == ids[:length]:
-                        return prefix
-        return None
 
 
 class StopMatcher:
@@ -246,7 +144,7 @@ class TorchEngine(HFEngine):
         self._weights: tuple[int, ...] = ()
         self.warpers = self._warpers()
         self._stops: dict[tuple[str, ...], StopMatcher] = {}
-        self._fused: tuple[tuple[int, ...], list[FusedLayer] | None] = ((), None)
+        self._fused: tuple[tuple[int, ...], FusedDecoder | None] = ((), None)
 
     def _stop_matcher(self, stop: tuple[str, ...]) -> StopMatcher:
         """The stop-string matcher for ``stop``, built once per engine: building it reads the vocabulary."""
@@ -341,7 +239,7 @@ class TorchEngine(HFEngine):
             mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, blocked)
             positions = (queries[None, :] - offset[index, None]).clamp(min=0)  # (G, F)
             cache.rows, cache.start, cache.end = index, width - fresh, width
-            logits[index] = self._forward(
+            logits[index] = forward_modules(
                 model, ids[index, width - fresh : width], positions, mask[:, None], cache, rope
             )
         cache.rows = slice(None)
@@ -381,7 +279,7 @@ class TorchEngine(HFEngine):
             positions = lengths + (n - 1)  # (B,)
             mask = open_slots[..., cache.first : width + n]  # (B, KV, 1, S)
             if fused is None:
-                logits = self._forward(model, token[:, None], positions[:, None], mask, cache, rope)
+                logits = forward_modules(model, token[:, None], positions[:, None], mask, cache, rope)
             else:
                 logits = fused.step(model, token, positions, mask.reshape(-1, 1, mask.shape[-1]), cache, rope)
         new, chosen = ids[:, width : width + n].cpu(), logprobs[:, :n].cpu()
@@ -391,39 +289,6 @@ class TorchEngine(HFEngine):
             fed = [*prompt, *generation.token_ids[:-1]]
             self._kept.add(fed, *home[row], width - len(prompt))
         return generations
-
-    @staticmethod
-    def _forward(
-        model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache, rope: Rope
-    ) -> torch.Tensor:
-        """(B, V) float logits at the last of (B, T) ``ids``, attending to the cache under additive ``mask``.
-
-        The decoder's own modules, in its order: the pre-norm decoder of llama, qwen2 and qwen3 (qwen3
-        adds a norm on each query and key head), without transformers' generic dispatch around it. A
-        decode step is a few hundred kernels of microseconds each, so every call saved counts: plain
-        linear layers and RMS norms go straight to their functions, and the rotary angles come from a
-        table (``rope``).
-        """
-        base = model.model
-        hidden = base.embed_tokens(ids)  # (B, T, D)
-        cos, sin = rope(positions)  # (B, 1, T, d)
-        batch, length, _ = hidden.shape
-        for index, layer in enumerate(base.layers):
-            attn = layer.self_attn
-            x = rms_norm(layer.input_layernorm, hidden)
-            q = linear(attn.q_proj, x).view(batch, length, -1, attn.head_dim)  # (B, T, H, d)
-            k = linear(attn.k_proj, x).view(batch, length, -1, attn.head_dim)  # (B, T, KV, d)
-            v = linear(attn.v_proj, x).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, KV, T, d)
-            if hasattr(attn, "q_norm"):
-                q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
-            q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-            keys, values = cache.update(k, v, index)  # (B, KV, slots, d)
-            out = attention(q, keys, values, mask, attn.scaling)  # (B, T, H * d)
-            hidden = hidden + linear(attn.o_proj, out)
-            x = rms_norm(layer.post_attention_layernorm, hidden)
-            mlp = layer.mlp
-            hidden = hidden + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
-        return linear(model.lm_head, rms_norm(base.norm, hidden[:, -1])).float()
 
     def _sample(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The next token of each row and its logprob under the raw logits (greedy at temperature 0).
@@ -454,93 +319,6 @@ class TorchEngine(HFEngine):
         return torch.searchsorted(cdf, draw, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
 
 
-@dataclass(frozen=True)
-class FusedLayer:
-    """One decoder layer's weights for the decode step, with the products that read the same input stacked."""
-
-    input_norm: torch.Tensor
-    input_eps: float
-    qkv: torch.Tensor  # (H * d + 2 * KV * d, D): the q, k and v projections, in this order
-    qkv_bias: torch.Tensor | None
-    out: torch.Tensor  # (D, H * d)
-    post_norm: torch.Tensor
-    post_eps: float
-    gate_up: torch.Tensor  # (2 * I, D): the gate and up projections, in this order
-    down: torch.Tensor  # (D, I)
-    act: torch.nn.Module
-
-
-@dataclass(frozen=True)
-class FusedDecoder:
-    """The decode step of a plain float32 decoder in fewer, larger kernels than ``TorchEngine._forward``.
-
-    q, k and v come from one product and gate and up from another, q and k are rotated together, the
-    attention's scale and mask enter its first product (``baddbmm``) and each residual enters the product
-    before it (``addmm``): about a third fewer kernels a step, on 2-D tensors. The values are
-    ``_forward``'s up to float rounding. ``of`` builds it where every layer allows it: plain linear layers
-    (no adapters), no bias after the attention, no norms on q and k, RMS norms, a rotary table, float32.
-    """
-
-    layers: list[FusedLayer]
-    heads: int
-    kv_heads: int
-    head_dim: int
-    scaling: float
-
-    @staticmethod
-    def of(model: torch.nn.Module) -> FusedDecoder | None:
-        """The fused weights of ``model`` (copies: build again after the weights change), or None."""
-        base = model.model
-        if model.dtype != torch.float32 or getattr(base.rotary_emb, "rope_type", "default") in Rope.PER_CALL:
-            return None
-        layers = []
-        for layer in base.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-            linears = (*qkv, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if (
-                hasattr(attn, "q_norm")
-                or any(type(m) is not torch.nn.Linear for m in linears)
-                or any(m.bias is not None for m in linears[3:])
-                or len({m.bias is None for m in qkv}) > 1
-                or not all(is_rms_norm(n) for n in norms)
-            ):
-                return None
-            bias = None if attn.q_proj.bias is None else torch.cat([m.bias for m in qkv])
-            layers.append(FusedLayer(
-                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                torch.cat([m.weight for m in qkv]), bias, attn.o_proj.weight,
-                layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight, mlp.act_fn,
-            ))  # fmt: skip
-        attn = base.layers[0].self_attn
-        heads = attn.config.num_attention_heads
-        return FusedDecoder(layers, heads, attn.config.num_key_value_heads, attn.head_dim, attn.scaling)
-
-    def step(
-        self, model, token: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache, rope: Rope
-    ) -> torch.Tensor:
-        """(B, V) float logits after one new ``token`` per row at ``positions`` (B,); ``mask``: (B * KV, 1, slots)."""
-        base = model.model
-        hidden = base.embed_tokens(token)  # (B, D)
-        batch, heads, kv_heads, dim = len(token), self.heads, self.kv_heads, self.head_dim
-        cos, sin = rope.at(positions)  # (B, 1, d)
-        for index, layer in enumerate(self.layers):
-            x = F.rms_norm(hidden, hidden.shape[-1:], layer.input_norm, layer.input_eps)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(batch, -1, dim)  # (B, H + 2 KV, d)
-            qk = rotate(qkv[:, : heads + kv_heads], cos, sin)  # (B, H + KV, d)
-            keys, values = cache.append(index, qk[:, heads:], qkv[:, heads + kv_heads :])  # (B * KV, S, d)
-            query = qk[:, :heads].reshape(batch * kv_heads, heads // kv_heads, dim)  # (B * KV, H / KV, d)
-            scores = torch.baddbmm(mask, query, keys.transpose(1, 2), alpha=self.scaling)  # (B * KV, H / KV, S)
-            out = torch.bmm(scores.softmax(-1), values).view(batch, heads * dim)  # (B, H * d)
-            hidden = torch.addmm(hidden, out, layer.out.t())
-            x = F.rms_norm(hidden, hidden.shape[-1:], layer.post_norm, layer.post_eps)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, -1)  # (B, I) each
-            hidden = torch.addmm(hidden, layer.act(gate).mul_(up), layer.down.t())
-        return linear(model.lm_head, rms_norm(base.norm, hidden)).float()
-
-
 def length_groups(lengths: Sequence[int], group_cost: int) -> list[list[int]]:
     """Indices of ``lengths`` in groups of similar length, so that each group is padded to its own longest.
 
@@ -561,83 +339,3 @@ def length_groups(lengths: Sequence[int], group_cost: int) -> list[list[int]]:
         groups.append(order[cut[end] : end])
         end = cut[end]
     return groups[::-1]
-
-
-class Rope:
-    """The rotary angles of positions ``0 .. n - 1``, computed once by the model's own rotary embedding.
-
-    The angles of a position do not depend on the others, so a table lookup gives the very values the
-    module computes, for one kernel instead of a dozen per step. Rotary types whose angles depend on the
-    sequence length (``dynamic``, ``longrope``) are computed by the module at every call instead. The
-    sine is stored with its first half negated, so that a rotation is ``x * cos + roll(x) * sin``.
-    """
-
-    PER_CALL = ("dynamic", "longrope")
-
-    def __init__(self, model, n: int) -> None:
-        self.module = model.model.rotary_emb
-        self.dtype = model.dtype
-        self.table: tuple[torch.Tensor, torch.Tensor] | None = None
-        if getattr(self.module, "rope_type", "default") not in self.PER_CALL:
-            self.table = self._angles(torch.arange(n, device=model.device)[None])  # (1, n, d) each
-            self.table = (self.table[0][0], self.table[1][0])
-
-    def _angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.module(torch.empty(0, dtype=self.dtype, device=positions.device), positions)
-        half = sin.shape[-1] // 2
-        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-
-    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, T, d) cosines and signed sines of (B, T) ``positions``, broadcast over heads."""
-        cos, sin = (t[positions] for t in self.table) if self.table is not None else self._angles(positions)
-        return cos[:, None], sin[:, None]
-
-    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, d) cosines and signed sines of (B,) ``positions`` (one per row), broadcast over heads."""
-        cos, sin = (t[positions] for t in self.table) if self.table is not None else self._angles(positions[:, None])
-        return cos.view(len(positions), 1, -1), sin.view(len(positions), 1, -1)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of (B, heads, T, d) ``x``: transformers' ``x * cos + rotate_half(x) * sin``.
-
-    ``rotate_half(x)`` is ``x`` with its halves swapped and the first negated; ``sin`` carries that sign
-    (``Rope``), so the swap is one ``roll`` and the product is the same, bit for bit.
-    """
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
-
-
-def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``; a plain ``nn.Linear`` goes straight to its function (adapters keep their own forward)."""
-    if type(module) is torch.nn.Linear:
-        return F.linear(x, module.weight, module.bias)
-    return module(x)
-
-
-def is_rms_norm(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is one of transformers' RMS norms (a weight and ``variance_epsilon``, no offset)."""
-    return type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-
-
-def rms_norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for transformers' RMS norms; in float32 torch's fused kernel, which gives the same values."""
-    if x.dtype == torch.float32 and is_rms_norm(module):
-        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
-    return module(x)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scaled dot-product attention of (B, H, T, d) queries on (B, KV, S, d) keys and values, heads merged.
-
-    A single query position (decoding) folds the H / KV query heads of each key head into the query
-    axis and reads the cache in place with two batched products, which on the CPU beats the fused
-    kernel at these shapes; a block of positions goes to the fused kernel.
-    """
-    batch, heads, length, dim = q.shape
-    groups = heads // k.shape[1]
-    if length == 1:
-        scores = torch.matmul(q.view(batch, -1, groups, dim), k.transpose(-1, -2)).mul_(scale).add_(mask)
-        out = torch.matmul(scores.softmax(-1), v)  # (B, KV, groups, d)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
-    return out.reshape(batch, heads, length, dim).transpose(1, 2).reshape(batch, length, heads * dim)
