@@ -269,12 +269,18 @@ def test_the_fused_decode_step_gives_the_modules_logits(llama_dir: Path) -> None
         assert torch.allclose(got, model(ids).logits[:, -1], atol=1e-5)  # and a forward over the whole sequence
 
 
-def test_the_fused_decode_step_is_refused_where_it_would_change_the_model(llama_dir: Path, model_dir: Path) -> None:
+def test_the_fused_decode_step_is_refused_where_it_would_change_the_model(
+    llama_dir: Path, model_dir: Path, tokenizer
+) -> None:
     peft = pytest.importorskip("peft")
     llama = AutoModelForCausalLM.from_pretrained(llama_dir)
     assert FusedDecoder.of(llama) is not None
     assert FusedDecoder.of(AutoModelForCausalLM.from_pretrained(model_dir)) is None  # norms on q and k
     assert FusedDecoder.of(AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.bfloat16)) is None
+    for limit, fused in ((None, True), (10**9, True), (10, False)):  # a large model keeps its memory
+        engine = TorchEngine(llama, tokenizer, SamplingConfig(temperature=0.0), fused_max_parameters=limit)
+        engine.generate(prompts_of(tokenizer, 2), [3, 3], [])
+        assert (engine._fused[1] is not None) == fused
     wrapped = peft.get_peft_model(llama, peft.LoraConfig(r=4, target_modules=["q_proj"]))
     assert FusedDecoder.of(wrapped.get_base_model()) is None  # adapters keep their own forward
 

@@ -19,7 +19,7 @@ transformers and replaces the loop around it:
   new tokens differ a lot go through the model in separate groups instead of padding, and once half
   of a batch has stopped the other rows decode on in a smaller cache, without reading the padding
   only the stopped rows needed;
-- a decode step of a plain float32 decoder (no adapters, no norms on q and k) runs ``FusedDecoder``:
+- a decode step of a small plain float32 decoder (no adapters, no norms on q and k) runs ``FusedDecoder``:
   the same arithmetic in a third fewer kernels (q, k and v in one product, gate and up in another);
   the stop-string criteria run only on steps where some row's new token can end a stop string.
 
@@ -117,6 +117,9 @@ class TorchEngine(HFEngine):
             padding saved is worth more.
         min_compact_rows: a batch of at least this many rows decodes on with only its unfinished rows
             once half of them have stopped.
+        fused_max_parameters: models with at most this many parameters decode with ``FusedDecoder``, whose
+            stacked weights are copies; a larger model's step is bound by reading its weights rather than by
+            launching kernels, so it keeps the module-by-module step and its memory (None: no limit).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class TorchEngine(HFEngine):
         reuse_prefixes: bool = True,
         group_cost: int = 256,
         min_compact_rows: int = 8,
+        fused_max_parameters: int | None = 50_000_000,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -140,6 +144,7 @@ class TorchEngine(HFEngine):
         self.reuse_prefixes = reuse_prefixes
         self.group_cost = group_cost
         self.min_compact_rows = min_compact_rows
+        self.fused_max_parameters = fused_max_parameters
         self._kept = self._previous = PrefixIndex()
         self._weights: tuple[int, ...] = ()
         self.warpers = self._warpers()
@@ -155,7 +160,8 @@ class TorchEngine(HFEngine):
     def _fused_decoder(self, model: PreTrainedModel) -> FusedDecoder | None:
         """The decode step's fused weights for the current weights (built again after they change), or None."""
         if self._fused[0] != self._weights:
-            self._fused = (self._weights, FusedDecoder.of(model))
+            limit, size = self.fused_max_parameters, sum(p.numel() for p in model.parameters())
+            self._fused = (self._weights, FusedDecoder.of(model) if limit is None or size <= limit else None)
         return self._fused[1]
 
     def _warpers(self) -> LogitsProcessorList:
