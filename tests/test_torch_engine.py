@@ -285,6 +285,16 @@ def test_the_fused_decode_step_is_refused_where_it_would_change_the_model(
     assert FusedDecoder.of(wrapped.get_base_model()) is None  # adapters keep their own forward
 
 
+def test_generation_under_autocast_keeps_the_models_dtype(model, tokenizer) -> None:
+    # A bf16-mixed training step rolls out under autocast: the cache is the model's dtype, and so are the logprobs.
+    prompts = prompts_of(tokenizer, 4)
+    expected = TorchEngine(model, tokenizer, SamplingConfig(temperature=0.0)).generate(prompts, [8] * 4, ["the"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = TorchEngine(model, tokenizer, SamplingConfig(temperature=0.0)).generate(prompts, [8] * 4, ["the"])
+    assert [g.token_ids for g in got] == [e.token_ids for e in expected]
+    assert [g.logprobs for g in got] == [e.logprobs for e in expected]
+
+
 def test_the_stop_matcher_answers_as_transformers_criteria(tokenizer) -> None:
     from transformers.generation import StopStringCriteria
 

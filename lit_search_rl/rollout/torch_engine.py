@@ -183,8 +183,11 @@ class TorchEngine(HFEngine):
         # Sequences of the previous call can be continued only with the weights that computed them.
         self._previous = self._kept if self.reuse_prefixes and weights == self._weights else PrefixIndex()
         self._kept, self._weights = PrefixIndex(), weights
+        # A mixed-precision training step runs under autocast; generation keeps the model's own dtype, so that the
+        # cache holds what the model computes and logprobs equal a teacher-forced forward in that dtype.
         try:
-            return super().generate(prompts, max_new_tokens, stop)
+            with torch.autocast(causal_lm_of(self.model).device.type, enabled=False):
+                return super().generate(prompts, max_new_tokens, stop)
         finally:
             self._previous = PrefixIndex()
             torch.set_num_threads(threads)
