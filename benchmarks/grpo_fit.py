@@ -5,7 +5,8 @@ Run after ``make demo``:
     .venv/bin/python benchmarks/grpo_fit.py --questions 32 --steps 100 --variant lr1e-4=1e-4 --variant lr5e-4=5e-4
 
 Each variant is the demo's GRPO stage (``lit_search_rl.tools.demo.train_grpo``) on the first ``--questions``
-questions of the RL pool only (groups of 8, 4 questions a step, no oversampling, the learning rate named),
+questions of the RL pool only (groups of 8, 4 questions a step, no oversampling, the learning rate named,
+then any further ``fit`` overrides, comma-separated: ``--variant lora=1e-3,--model.init_args.lora_rank=8``),
 so every question is drawn again and again. Then the warm start and each trained policy answer those
 questions greedily, searching the demo's index and with a retriever that returns nothing (whether right
 answers need the passages or were learnt by heart), and the test set as the demo tests it. Prints one row
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="The seed the demo run used.")
     parser.add_argument("--questions", type=int, default=32, help="The first N questions of the RL pool.")
     parser.add_argument("--steps", type=int, default=100, help="Rollout steps of each variant.")
-    parser.add_argument("--variant", action="append", default=[], help="NAME=LEARNING_RATE")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=LEARNING_RATE[,OVERRIDE...]")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/grpo_fit.json"))
     args = parser.parse_args()
     lines = (args.run / "world" / "train.jsonl").read_text().splitlines()[: args.questions]
@@ -67,13 +68,14 @@ def main() -> None:
     questions = [json.loads(line) for line in lines]
     policies = {"warm start": (args.run / "sft-model", None, None)}
     for variant in args.variant:
-        name, rate = variant.split("=", 1)
+        name, settings = variant.split("=", 1)
+        rate, *overrides = settings.split(",")
         start = time.perf_counter()
         cli = train_grpo(args.run, args.seed, DemoSettings(), name=f"fit-{name}", extra=[
             f"--data.init_args.train={subset}", f"--trainer.limit_train_batches={args.steps}",
             f"--trainer.val_check_interval={args.steps}", "--trainer.num_sanity_val_steps=0",
             "--model.init_args.group_size=8", "--model.init_args.oversample=1",
-            f"--model.init_args.optimizer.learning_rate={rate}",
+            f"--model.init_args.optimizer.learning_rate={rate}", *overrides,
         ])  # fmt: skip
         policies[name] = (args.run / f"fit-{name}-model", cli.trainer.global_step, time.perf_counter() - start)
     rows = []
