@@ -158,6 +158,20 @@ def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Pat
     assert any(not p.equal(dict(initial.named_parameters())[n]) for n, p in exported.named_parameters())
 
 
+def test_rollouts_in_worker_processes_follow_the_trained_weights(
+    tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, coin_reward: None
+) -> None:
+    # A large learning rate, so that rollouts from weights one step old would show in the logprobs.
+    cli = fit(tmp_path, model_dir, world_dir, bm25_dir, "--model.rollout_workers", "2",
+              "--trainer.limit_train_batches", "3", "--model.optimizer.learning_rate", "0.05")  # fmt: skip
+    assert cli.model.trainer.global_step >= 2 and cli.model.runner._pool is None  # the workers were stopped
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    # After each optimizer step the workers sample from the new weights: their logprobs are pi_old's.
+    diffs = [e.value for e in events.Scalars("train/rollout_probs_diff")]
+    assert len(diffs) >= 2 and all(0 <= d < 1e-4 for d in diffs)
+
+
 class NaNModule(GRPOModule):
     """Produces a non-finite loss in every update."""
 

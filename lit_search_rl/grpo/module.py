@@ -81,6 +81,10 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             the CPU; llama, qwen2 and qwen3 models, others fall back to ``hf`` with a notice), ``hf`` with
             transformers' ``generate``, ``vllm`` with a colocated vLLM engine that the ``VLLMWeightSync``
             callback keeps up to date.
+        rollout_workers: Worker processes the ``torch`` engine decodes in on the CPU, each with a share of the
+            batch's rows and one thread, over the policy's weights in shared memory (1: in this process).
+            A decode step of a small model is Python and small kernels that one core runs alone, so two
+            workers on two cores generate about 1.2-1.6x the tokens per second of one.
         vllm: Memory fraction, sleep mode, dtype and length settings of the vLLM engine.
         export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
         evaluation: How ``validate``, ``test`` and validation during fit evaluate the agent (pass@k, judge).
@@ -105,6 +109,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         rollout: RolloutConfig | None = None,
         sampling: SamplingConfig | None = None,
         engine: Literal["torch", "hf", "vllm"] = "torch",
+        rollout_workers: int = 1,
         vllm: VLLMConfig | None = None,
         export_dir: str | None = None,
         evaluation: EvalConfig | None = None,
@@ -121,7 +126,8 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         self.reward_fn = get_reward(reward)
         self.tokenizer = load_tokenizer(model)
         self.timer = PhaseTimer()  # where each training step's time goes
-        self.runner = RolloutRunner(engine, model, dtype, self.tokenizer, self.rollout_config, self.timer)
+        self.runner = RolloutRunner(engine, model, dtype, self.tokenizer, self.rollout_config, self.timer,
+                                    rollout_workers)  # fmt: skip
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self.skipped_steps = 0
@@ -140,6 +146,8 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
         self.sampling.validate()
         if h.engine == "vllm":
             self.vllm_config.validate()
+        if h.rollout_workers < 1:
+            raise ValueError(f"model.rollout_workers must be at least 1 (got {h.rollout_workers})")
 
     # -- the parts the trainer wires: policy, engine, retriever, optimizer -------------------------
 
@@ -179,6 +187,7 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             self.retriever = open_retriever(self.hparams.retriever)
 
     def teardown(self, stage: str) -> None:
+        self.runner.close()
         if self.retriever is not None:
             self.retriever.close()
             self.retriever = None

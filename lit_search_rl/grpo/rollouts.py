@@ -22,6 +22,7 @@ from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
+from lit_search_rl.rollout.process_engine import ProcessPool
 from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 from lit_search_rl.timing import PhaseTimer
@@ -47,16 +48,24 @@ class RolloutRunner:
         tokenizer: the policy's tokenizer.
         rollout: the agent loop's limits.
         timer: where ``generate`` and ``retrieve`` seconds are booked (inside ``rollout``).
+        workers: worker processes of the ``torch`` engine for a policy on the CPU (1: this process).
     """
 
     def __init__(self, engine: str, model: str, dtype: str, tokenizer, rollout: RolloutConfig,
-                 timer: PhaseTimer) -> None:  # fmt: skip
-        self.engine, self.model, self.dtype = engine, model, dtype
+                 timer: PhaseTimer, workers: int = 1) -> None:  # fmt: skip
+        self.engine, self.model, self.dtype, self.workers = engine, model, dtype, workers
+        self._pool: ProcessPool | None = None  # the torch engine's worker processes (workers > 1)
         self.tokenizer, self.config, self.timer = tokenizer, rollout, timer
         self.vllm: VLLMEngine | None = None  # the colocated vLLM engine (engine vllm), made by the module's setup
         self.retriever: Retriever | None = None
         self._copy: torch.nn.Module | None = None  # generates for a sharded policy (torch, hf engines)
         self._told_fallback = False  # the torch engine's fallback notice is given once
+
+    def close(self) -> None:
+        """Stop the torch engine's worker processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def start_vllm(self, config: VLLMConfig) -> None:
         """Start the colocated vLLM engine of this rank (after the process group is set up)."""
@@ -98,6 +107,11 @@ class RolloutRunner:
             model = self._copy
         if self.engine == "torch":
             reason = unsupported_reason(model)
+            if reason is None and self.workers > 1 and model.device.type == "cpu":
+                if self._pool is None or self._pool.model is not model:
+                    self.close()
+                    self._pool = ProcessPool(model, self.tokenizer, self.workers)
+                return self._pool.engine(sampling)
             if reason is None:
                 return TorchEngine(model, self.tokenizer, sampling)
             if not self._told_fallback:

@@ -157,6 +157,10 @@ class TorchEngine(HFEngine):
             self._stops[stop] = StopMatcher(StopStringCriteria(self.tokenizer, list(stop)))
         return self._stops[stop]
 
+    def _weight_key(self) -> tuple[int, ...]:
+        """What identifies the current weights: kept keys and values and fused weights are reused only under it."""
+        return weight_versions(self.model)
+
     def _fused_decoder(self, model: PreTrainedModel) -> FusedDecoder | None:
         """The decode step's fused weights for the current weights (built again after they change), or None."""
         if self._fused[0] != self._weights:
@@ -179,7 +183,7 @@ class TorchEngine(HFEngine):
         self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
         threads = torch.get_num_threads()
-        weights = weight_versions(self.model)
+        weights = self._weight_key()
         # Sequences of the previous call can be continued only with the weights that computed them.
         self._previous = self._kept if self.reuse_prefixes and weights == self._weights else PrefixIndex()
         self._kept, self._weights = PrefixIndex(), weights
