@@ -31,6 +31,7 @@ from lit_search_rl.rollout import torch_engine  # noqa: E402
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig  # noqa: E402
 from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
 from lit_search_rl.rollout.hf_engine import HFEngine  # noqa: E402
+from lit_search_rl.rollout.process_engine import ProcessPool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("slot_cache", "decoder", "torch_engine")  # the engine's modules under lit_search_rl/rollout, itself last
@@ -68,12 +69,16 @@ def main() -> None:
     parser.add_argument("--against", default="HEAD", help="The git revision of the earlier engine.")
     parser.add_argument("--rollouts", type=int, default=6, help="Repetitions (each engine once per repetition).")
     parser.add_argument("--batch", type=int, default=32, help="Trajectories per rollout.")
+    parser.add_argument("--workers", type=int, default=1, help="Also this tree's engine in N worker processes.")
     args = parser.parse_args()
     settings = yaml.safe_load((ROOT / "configs" / "synthetic" / "grpo-recycle.yaml").read_text())
     config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
     tokenizer, model = load_tokenizer(args.run / "sft-model"), load_policy(args.run / "sft-model")
     rows, retriever = list(read_jsonl(args.run / "world" / "train.jsonl")), load_retriever(args.run / "index")
     engines = {"hf": HFEngine, args.against: engine_at(args.against), "this tree": torch_engine.TorchEngine}
+    if args.workers > 1:
+        pool = ProcessPool(model, tokenizer, workers=args.workers)
+        engines[f"{args.workers} workers"] = lambda model, tokenizer, sampling: pool.engine(sampling)
     rates: dict[str, list[float]] = {name: [] for name in engines}
     groups = args.batch // 4
     for rep in range(args.rollouts):
@@ -90,6 +95,11 @@ def main() -> None:
     ratios = [new / old for new, old in zip(rates["this tree"], rates[args.against], strict=True)]
     each = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"this tree / {args.against}: median {statistics.median(ratios):.2f} ({each})")
+    for name in engines:
+        if name != "hf":
+            ratios = [ours / hf for ours, hf in zip(rates[name], rates["hf"], strict=True)]
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"{name} / hf: median {statistics.median(ratios):.2f} ({each})")
 
 
 if __name__ == "__main__":

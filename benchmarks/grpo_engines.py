@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("hf", "torch")
+ENGINES = ("hf", "torch", "torch-1", "torch-2")
+"""``torch-N``: the torch engine with ``model.rollout_workers`` N (``torch``: whatever the config sets)."""
 
 
 def fit_args(run: Path, out: Path, engine: str, steps: int, seed: int) -> list[str]:
@@ -28,7 +29,8 @@ def fit_args(run: Path, out: Path, engine: str, steps: int, seed: int) -> list[s
         "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         f"--model.init_args.model={run / 'sft-model'}", f"--model.init_args.retriever={run / 'index'}",
         f"--model.init_args.export_dir={out / 'model'}", f"--model.init_args.sampling.seed={seed}",
-        "--model.init_args.optimizer.learning_rate=5e-05", f"--model.init_args.engine={engine}",
+        "--model.init_args.optimizer.learning_rate=5e-05", f"--model.init_args.engine={engine.split('-')[0]}",
+        *([f"--model.init_args.rollout_workers={engine.split('-')[1]}"] if "-" in engine else []),
         f"--data.init_args.train={run / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
         "--data.init_args.val_sets=[]", "--data.init_args.test_sets=[]",
     ]  # fmt: skip

@@ -45,7 +45,7 @@ CASES = {  # name: (model folder, B, the config whose rollout settings the case 
     "tiny B=64": ("runs/demo/sft-model", 64, "grpo-recycle.yaml"),
     "SmolLM2-135M B=16": ("runs/smollm2-135m-instruct", 16, "grpo-smollm2.yaml"),
 }
-ENGINES = ("hf", "torch")
+ENGINES = ("hf", "torch", "torch-2")  # torch-2: the torch engine in two worker processes (model.rollout_workers 2)
 LOADS = ("quiet", "busy")
 
 
@@ -70,7 +70,12 @@ def child(args: argparse.Namespace) -> dict:
     rows = list(read_jsonl(args.world / "train.jsonl"))
     settings = yaml.safe_load((ROOT / "configs" / "synthetic" / args.config).read_text())
     config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
-    engine_class = TorchEngine if args.engine == "torch" else HFEngine
+    engine_class = TorchEngine if args.engine.startswith("torch") else HFEngine
+    if args.engine == "torch-2":
+        from lit_search_rl.rollout.process_engine import ProcessPool
+
+        pool = ProcessPool(model, tokenizer, workers=2)
+        engine_class = lambda model, tokenizer, sampling, **options: pool.engine(sampling)  # noqa: E731
     agent = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)),
                       load_retriever(args.index), tokenizer, config)  # fmt: skip
     start = time.perf_counter()
@@ -87,6 +92,10 @@ def child(args: argparse.Namespace) -> dict:
         result["agent_tokens"] += agent.stats.generated_tokens
         result["searches"] += sum(t.num_searches for t in trajectories)
     result["agent_tokens_per_s"] = result["agent_tokens"] / result["agent_s"]
+    if args.engine == "torch-2":  # the per-step figures below are the torch rows' (one worker's engine)
+        pool.close()
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return result
 
     questions = [rows[i % len(rows)]["question"] for i in range(groups) for _ in range(4)]
     protocol = TagProtocol()
@@ -121,6 +130,9 @@ def measure(case: str, engine: str, args: argparse.Namespace) -> dict:
 
 
 def print_tables(rows: list[dict]) -> None:
+    def number(r: dict, key: str, form: str, scale: float = 1.0) -> str:
+        return format(scale * r[key], form) if key in r else "-"  # torch-2 rows have no per-step figures
+
     print("\n| case | load | engine | agent tokens/s | decode ms/step | prefill ms | first call s | peak RSS MB | "
           "GEMM GFLOP/s | share of GEMM rate | other cores |")  # fmt: skip
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -129,20 +141,23 @@ def print_tables(rows: list[dict]) -> None:
             print(f"| {r['case']} | {r['load']} | {r['engine']} | {r['error']} | | | | | | | |")
             continue
         print(f"| {r['case']} | {r['load']} | {r['engine']} | {r['agent_tokens_per_s']:.0f} | "
-              f"{r['decode_ms_per_step']:.2f} | {r['prefill_ms']:.0f} | {r['first_call_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['gemm_gflops']:.0f} | {100 * r['arithmetic_share']:.1f}% | "
-              f"{r['other_cores']:.2f} |")  # fmt: skip
+              f"{number(r, 'decode_ms_per_step', '.2f')} | {number(r, 'prefill_ms', '.0f')} | "
+              f"{r['first_call_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['gemm_gflops']:.0f} | "
+              f"{number(r, 'arithmetic_share', '.1f', 100)}% | {r['other_cores']:.2f} |")  # fmt: skip
     by = {(r["case"], r["load"], r["engine"]): r for r in rows if "error" not in r}
-    print("\n| case | load | torch / hf agent tokens/s | torch / hf decode step | busy / quiet agent time (torch) |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("\n| case | load | engine | engine / hf agent tokens/s | engine / hf decode step | busy / quiet agent time |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     for case, load in dict.fromkeys((r["case"], r["load"]) for r in rows):
-        hf, torch_ = by.get((case, load, "hf")), by.get((case, load, "torch"))
-        quiet = by.get((case, "quiet", "torch"))
-        if hf is None or torch_ is None:
-            continue
-        slowdown = f"{quiet['agent_tokens_per_s'] / torch_['agent_tokens_per_s']:.2f}x" if quiet else ""
-        print(f"| {case} | {load} | {torch_['agent_tokens_per_s'] / hf['agent_tokens_per_s']:.2f}x | "
-              f"{hf['decode_ms_per_step'] / torch_['decode_ms_per_step']:.2f}x | {slowdown} |")  # fmt: skip
+        hf = by.get((case, load, "hf"))
+        for engine in ENGINES[1:]:
+            ours, quiet = by.get((case, load, engine)), by.get((case, "quiet", engine))
+            if hf is None or ours is None:
+                continue
+            slowdown = f"{quiet['agent_tokens_per_s'] / ours['agent_tokens_per_s']:.2f}x" if quiet else ""
+            has_step = "decode_ms_per_step" in ours
+            step = f"{hf['decode_ms_per_step'] / ours['decode_ms_per_step']:.2f}x" if has_step else "-"
+            print(f"| {case} | {load} | {engine} | {ours['agent_tokens_per_s'] / hf['agent_tokens_per_s']:.2f}x | "
+                  f"{step} | {slowdown} |")  # fmt: skip
 
 
 def main() -> None:
