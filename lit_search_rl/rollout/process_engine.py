@@ -31,7 +31,9 @@ from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingC
 from lit_search_rl.rollout.torch_engine import TorchEngine, weight_versions
 
 SEED_STRIDE = 1_000_003
-"""Seeds of one worker's calls are ``seed + call * SEED_STRIDE + worker``: no two (call, worker) pairs meet."""
+"""Seeds of a worker's calls are ``seed + call * SEED_STRIDE + worker * WORKER_STRIDE``; a worker's call takes
+the next seed for each of its budget groups, so no two (call, worker, group) meet below these strides."""
+WORKER_STRIDE = 10_007
 
 
 class _WorkerEngine(TorchEngine):
@@ -48,7 +50,10 @@ def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     torch.set_num_threads(1)
     engine = _WorkerEngine(model, tokenizer, **options)
     while True:
-        request = connection.recv()
+        try:
+            request = connection.recv()
+        except EOFError:  # the training process is gone
+            return
         if request is None:
             return
         prompts, budgets, stop, sampling, weights = request
@@ -129,7 +134,7 @@ class ProcessPool:
         weights = weight_versions(self.model)
         for worker, rows in enumerate(shares):
             if rows:
-                seed = None if sampling.seed is None else sampling.seed + call * SEED_STRIDE + worker
+                seed = None if sampling.seed is None else sampling.seed + call * SEED_STRIDE + worker * WORKER_STRIDE
                 request = ([prompts[r] for r in rows], [budgets[r] for r in rows], list(stop),
                            replace(sampling, seed=seed), weights)  # fmt: skip
                 try:
