@@ -93,3 +93,17 @@ def test_a_failing_or_dead_worker_raises_with_its_reason(model, tokenizer) -> No
         pool.close()
     with pytest.raises(ValueError, match="workers must be at least 1"):
         ProcessPool(model, tokenizer, workers=0)
+
+
+def test_rows_follow_their_worker_unless_one_would_wait_for_many(model, tokenizer) -> None:
+    pool = ProcessPool(model, tokenizer, workers=2, imbalance=2)  # not started: routing only
+    held = [[1] * length for length in (5, 9, 3, 7, 8, 6)]  # six sequences of worker 0, one of worker 1
+    pool._owners = {tuple(p): 0 for p in held} | {(2, 2): 1}
+    pool._lengths = sorted({len(p) for p in [*held, (2, 2)]}, reverse=True)
+    prompts = [[*p, 4] for p in held] + [[2, 2, 4], [3, 3], [3, 3]]  # continued rows, then a new prompt twice
+    shares = pool._route(prompts)
+    assert sorted(r for share in shares for r in share) == list(range(9))
+    assert abs(len(shares[0]) - len(shares[1])) <= 2
+    assert {7, 8} <= set(shares[1])  # the new prompt's copies went together to the less loaded worker
+    moved = set(shares[1]) & set(range(6))
+    assert moved and all(len(prompts[m]) <= len(prompts[k]) for m in moved for k in shares[0])  # the shortest moved

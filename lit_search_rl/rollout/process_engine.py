@@ -10,7 +10,8 @@ can share. Worker processes can: each runs its own ``TorchEngine`` on its share 
   under the weights that computed them.
 - A row goes to the worker that generated the sequence its prompt extends (the agent loop's next turn),
   so that worker computes only its new tokens; new prompts go, the K copies of one prompt together, to
-  the worker with the fewest rows.
+  the worker with the fewest rows; when one worker would hold more than ``imbalance`` rows beyond
+  another, its shortest rows move (their prompt computed again by the other worker).
 - Each worker seeds its calls from the sampling seed, the call's number and its own index: a run is
   reproducible for a given number of workers.
 - A worker that dies or fails raises here, with its reason; none is left behind (daemon processes,
@@ -73,6 +74,7 @@ class ProcessPool:
         tokenizer: its tokenizer.
         workers: worker processes (one torch thread each).
         timeout: seconds to wait for a worker's answer before giving up with an error.
+        imbalance: rows one worker may have beyond another's before the shortest of them move to it.
         options: ``TorchEngine`` keyword arguments for every worker.
     """
 
@@ -82,11 +84,13 @@ class ProcessPool:
         tokenizer: PreTrainedTokenizerBase,
         workers: int = 2,
         timeout: float = 3600.0,
+        imbalance: int = 2,
         **options,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
         self.model, self.tokenizer, self.workers, self.timeout = model, tokenizer, workers, timeout
+        self.imbalance = imbalance
         self.options = {"threads": 1, "prefill_threads": 1, **options}
         self._processes: list = []
         self._connections: list = []
@@ -167,6 +171,13 @@ class ProcessPool:
                 shares[owner].append(row)
         for rows in sorted(new.values(), key=len, reverse=True):
             min(shares, key=len).extend(rows)
+        # Each turn waits for the busiest worker: when the continued rows are shared out very unevenly, the
+        # shortest ones move (their new worker computes their whole prompt, which costs less than waiting).
+        while True:
+            busiest, idlest = max(shares, key=len), min(shares, key=len)
+            if len(busiest) - len(idlest) <= self.imbalance:
+                break
+            idlest.append(busiest.pop(min(range(len(busiest)), key=lambda i: len(prompts[busiest[i]]))))
         return [sorted(rows) for rows in shares]
 
     def _owner(self, prompt: Sequence[int]) -> int | None:
