@@ -85,6 +85,7 @@ def test_a_failing_or_dead_worker_raises_with_its_reason(model, tokenizer) -> No
         engine = pool.engine(SamplingConfig(temperature=0.0))
         with pytest.raises(RuntimeError, match="rollout worker 0 failed: "):
             engine.generate([[10**9]], [3], [])  # an id outside the vocabulary
+        assert len(engine.generate(prompts_of(tokenizer, 1), [3], [])[0].token_ids) == 3  # a fresh start after it
         pool._processes[0].kill()
         pool._processes[0].join()
         with pytest.raises(RuntimeError, match=r"rollout worker 0 died \(exit code -9\)"):
