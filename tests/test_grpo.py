@@ -38,6 +38,7 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
         ({"optimizer": OptimizerConfig(adam_beta2=1.0)}, "model.optimizer.adam_beta2"),
         ({"loss": LossConfig(zero_variance_alpha=-0.1)}, "model.loss.zero_variance_alpha must not be negative"),
         ({"loss": LossConfig(zero_variance_alpha=0.0)}, "model.loss.zero_variance_alpha must be above 0"),
+        ({"rollout_workers": 0}, "model.rollout_workers must be at least 1"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_flag(model_dir: Path, bm25_dir: Path, kwargs: dict, flag: str) -> None:
