@@ -99,8 +99,8 @@ def test_a_failing_or_dead_worker_raises_with_its_reason(model, tokenizer) -> No
 def test_rows_follow_their_worker_unless_one_would_wait_for_many(model, tokenizer) -> None:
     pool = ProcessPool(model, tokenizer, workers=2, imbalance=2)  # not started: routing only
     held = [[1] * length for length in (5, 9, 3, 7, 8, 6)]  # six sequences of worker 0, one of worker 1
-    pool._owners = {tuple(p): 0 for p in held} | {(2, 2): 1}
-    pool._lengths = sorted({len(p) for p in [*held, (2, 2)]}, reverse=True)
+    for sequence, worker in [*((p, 0) for p in held), ([2, 2], 1)]:
+        pool._held.add(sequence, None, worker, 0)
     prompts = [[*p, 4] for p in held] + [[2, 2, 4], [3, 3], [3, 3]]  # continued rows, then a new prompt twice
     shares = pool._route(prompts)
     assert sorted(r for share in shares for r in share) == list(range(9))

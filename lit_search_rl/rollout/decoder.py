@@ -165,8 +165,8 @@ class Rope:
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, d) cosines and signed sines of (B,) ``positions`` (one per row), broadcast over heads."""
-        cos, sin = (t[positions] for t in self.table) if self.table is not None else self._angles(positions[:, None])
-        return cos.view(len(positions), 1, -1), sin.view(len(positions), 1, -1)
+        cos, sin = self(positions[:, None])  # (B, 1, 1, d)
+        return cos[:, 0], sin[:, 0]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
+from lit_search_rl.rollout.slot_cache import PrefixIndex
 from lit_search_rl.rollout.torch_engine import TorchEngine, weight_versions
 
 SEED_STRIDE = 1_000_003
@@ -94,8 +95,7 @@ class ProcessPool:
         self.options = {"threads": 1, "prefill_threads": 1, **options}
         self._processes: list = []
         self._connections: list = []
-        self._owners: dict[tuple[int, ...], int] = {}  # each sequence of the last call: the worker holding it
-        self._lengths: list[int] = []
+        self._held = PrefixIndex()  # each sequence of the last call, its row the worker holding it
 
     def start(self) -> None:
         """Spawn the workers (done by the first ``generate``); the model's parameters move to shared memory."""
@@ -138,7 +138,7 @@ class ProcessPool:
             return self._generate(prompts, budgets, stop, sampling, call)
         except BaseException:
             self.close()  # answers still in flight would be read by the next call: start afresh then
-            self._owners, self._lengths = {}, []
+            self._held = PrefixIndex()
             raise
 
     def _generate(
@@ -158,16 +158,13 @@ class ProcessPool:
                     self._raise_if_dead(worker)
                     raise
         results: list[Generation | None] = [None] * len(prompts)
-        self._owners, lengths = {}, set()
+        self._held = PrefixIndex()
         for worker, rows in enumerate(shares):
             if not rows:
                 continue
             for row, generation in zip(rows, self._answer(worker), strict=True):
                 results[row] = generation
-                sequence = (*prompts[row], *generation.token_ids)
-                self._owners[sequence] = worker
-                lengths.add(len(sequence))
-        self._lengths = sorted(lengths, reverse=True)
+                self._held.add([*prompts[row], *generation.token_ids], None, worker, 0)
         return results  # type: ignore[return-value]
 
     def _route(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -192,12 +189,8 @@ class ProcessPool:
         return [sorted(rows) for rows in shares]
 
     def _owner(self, prompt: Sequence[int]) -> int | None:
-        for length in self._lengths:
-            if length <= len(prompt):
-                owner = self._owners.get(tuple(prompt[:length]))
-                if owner is not None:
-                    return owner
-        return None
+        held = self._held.longest_prefix(prompt)
+        return None if held is None else held.row
 
     def _raise_if_dead(self, worker: int) -> None:
         process = self._processes[worker]

@@ -68,10 +68,14 @@ class SlotCache:
 
 @dataclass(frozen=True)
 class Prefix:
-    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on."""
+    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on.
+
+    ``cache`` is None where the keys and values live in another process and ``row`` says which one (the
+    rollout workers' ``ProcessPool``).
+    """
 
     ids: tuple[int, ...]
-    cache: SlotCache
+    cache: SlotCache | None
     row: int
     slot: int
 
@@ -94,7 +98,7 @@ class PrefixIndex:
         self._by_tail: dict[tuple[int, tuple[int, ...]], list[Prefix]] = {}
         self._lengths: list[int] = []
 
-    def add(self, ids: Sequence[int], cache: SlotCache, row: int, slot: int) -> None:
+    def add(self, ids: Sequence[int], cache: SlotCache | None, row: int, slot: int) -> None:
         prefix = Prefix(tuple(ids), cache, row, slot)
         self._by_tail.setdefault((prefix.length, prefix.ids[-self.TAIL :]), []).append(prefix)
         self._lengths = sorted({*self._lengths, prefix.length}, reverse=True)
