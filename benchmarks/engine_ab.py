@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -31,7 +32,7 @@ from lit_search_rl.rollout import torch_engine  # noqa: E402
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig  # noqa: E402
 from lit_search_rl.rollout.engine import SamplingConfig  # noqa: E402
 from lit_search_rl.rollout.hf_engine import HFEngine  # noqa: E402
-from lit_search_rl.rollout.process_engine import ProcessPool  # noqa: E402
+from lit_search_rl.rollout.process_engine import PooledAgentLoop, ProcessPool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("slot_cache", "decoder", "torch_engine")  # the engine's modules under lit_search_rl/rollout, itself last
@@ -69,23 +70,27 @@ def main() -> None:
     parser.add_argument("--against", default="HEAD", help="The git revision of the earlier engine.")
     parser.add_argument("--rollouts", type=int, default=6, help="Repetitions (each engine once per repetition).")
     parser.add_argument("--batch", type=int, default=32, help="Trajectories per rollout.")
-    parser.add_argument("--workers", type=int, default=1, help="Also this tree's engine in N worker processes.")
+    parser.add_argument("--workers", type=int, default=1, help="Also this tree's agent loop in N worker processes.")
     args = parser.parse_args()
     settings = yaml.safe_load((ROOT / "configs" / "synthetic" / "grpo-recycle.yaml").read_text())
     config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
     tokenizer, model = load_tokenizer(args.run / "sft-model"), load_policy(args.run / "sft-model")
     rows, retriever = list(read_jsonl(args.run / "world" / "train.jsonl")), load_retriever(args.run / "index")
-    engines = {"hf": HFEngine, args.against: engine_at(args.against), "this tree": torch_engine.TorchEngine}
+
+    def loop_of(engine_class: type) -> Callable[[SamplingConfig], AgentLoop]:
+        return lambda sampling: AgentLoop(engine_class(model, tokenizer, sampling), retriever, tokenizer, config)
+
+    loops = {"hf": loop_of(HFEngine), args.against: loop_of(engine_at(args.against)),
+             "this tree": loop_of(torch_engine.TorchEngine)}  # fmt: skip
     if args.workers > 1:
-        pool = ProcessPool(model, tokenizer, workers=args.workers)
-        engines[f"{args.workers} workers"] = lambda model, tokenizer, sampling: pool.engine(sampling)
-    rates: dict[str, list[float]] = {name: [] for name in engines}
+        pool = ProcessPool(model, tokenizer, workers=args.workers, retriever=retriever)
+        loops[f"{args.workers} workers"] = lambda sampling: PooledAgentLoop(pool, sampling, config)
+    rates: dict[str, list[float]] = {name: [] for name in loops}
     groups = args.batch // 4
     for rep in range(args.rollouts):
         questions = [rows[(rep * groups + i) % len(rows)]["question"] for i in range(groups) for _ in range(4)]
-        for name, engine in engines.items():
-            agent = AgentLoop(engine(model, tokenizer, SamplingConfig(temperature=1.0, seed=rep)), retriever,
-                              tokenizer, config)  # fmt: skip
+        for name, loop_for in loops.items():
+            agent = loop_for(SamplingConfig(temperature=1.0, seed=rep))
             agent.rollout(questions[:2])  # warm-up
             start = time.perf_counter()
             agent.rollout(questions)
@@ -95,7 +100,7 @@ def main() -> None:
     ratios = [new / old for new, old in zip(rates["this tree"], rates[args.against], strict=True)]
     each = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"this tree / {args.against}: median {statistics.median(ratios):.2f} ({each})")
-    for name in engines:
+    for name in loops:
         if name != "hf":
             ratios = [ours / hf for ours, hf in zip(rates[name], rates["hf"], strict=True)]
             each = ", ".join(f"{r:.2f}" for r in ratios)

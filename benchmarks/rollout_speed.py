@@ -71,13 +71,14 @@ def child(args: argparse.Namespace) -> dict:
     settings = yaml.safe_load((ROOT / "configs" / "synthetic" / args.config).read_text())
     config = RolloutConfig(**settings["model"]["init_args"]["rollout"])
     engine_class = TorchEngine if args.engine.startswith("torch") else HFEngine
-    if args.engine == "torch-2":
-        from lit_search_rl.rollout.process_engine import ProcessPool
+    retriever, sampling = load_retriever(args.index), SamplingConfig(temperature=1.0, seed=0)
+    if args.engine == "torch-2":  # two worker processes, each running the agent loop on half of the questions
+        from lit_search_rl.rollout.process_engine import PooledAgentLoop, ProcessPool
 
-        pool = ProcessPool(model, tokenizer, workers=2)
-        engine_class = lambda model, tokenizer, sampling, **options: pool.engine(sampling)  # noqa: E731
-    agent = AgentLoop(engine_class(model, tokenizer, SamplingConfig(temperature=1.0, seed=0)),
-                      load_retriever(args.index), tokenizer, config)  # fmt: skip
+        pool = ProcessPool(model, tokenizer, workers=2, retriever=retriever)
+        agent = PooledAgentLoop(pool, sampling, config)
+    else:
+        agent = AgentLoop(engine_class(model, tokenizer, sampling), retriever, tokenizer, config)
     start = time.perf_counter()
     agent.rollout([rows[0]["question"]] * 2)
     result["first_call_s"] = time.perf_counter() - start

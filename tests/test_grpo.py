@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_search_rl.grpo import GRPOModule
 from lit_search_rl.grpo.config import LossConfig, OptimizerConfig
 from lit_search_rl.lightning_cli import SearchRLCLI
+from lit_search_rl.rollout.process_engine import ProcessPool
 from tests.test_grpo_update import random_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,12 +161,20 @@ def test_few_step_fit_updates_the_policy_and_logs(tmp_path: Path, model_dir: Pat
 
 
 def test_rollouts_in_worker_processes_follow_the_trained_weights(
-    tmp_path: Path, model_dir: Path, world_dir: Path, bm25_dir: Path, coin_reward: None
+    tmp_path: Path,
+    model_dir: Path,
+    world_dir: Path,
+    bm25_dir: Path,
+    coin_reward: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    calls, rollout = [], ProcessPool.rollout
+    monkeypatch.setattr(ProcessPool, "rollout", lambda pool, *args: calls.append(pool) or rollout(pool, *args))
     # A large learning rate, so that rollouts from weights one step old would show in the logprobs.
     cli = fit(tmp_path, model_dir, world_dir, bm25_dir, "--model.rollout_workers", "2",
               "--trainer.limit_train_batches", "3", "--model.optimizer.learning_rate", "0.05")  # fmt: skip
     assert cli.model.trainer.global_step >= 2 and cli.model.runner._pool is None  # the workers were stopped
+    assert len(calls) >= 3  # every training batch rolled out in the workers
     events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
     events.Reload()
     # After each optimizer step the workers sample from the new weights: their logprobs are pi_old's.

@@ -22,7 +22,7 @@ from lit_search_rl.retrieval.base import Retriever
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory, context_length_of
 from lit_search_rl.rollout.engine import GenerationEngine, SamplingConfig
 from lit_search_rl.rollout.hf_engine import HFEngine
-from lit_search_rl.rollout.process_engine import ProcessPool
+from lit_search_rl.rollout.process_engine import PooledAgentLoop, ProcessPool
 from lit_search_rl.rollout.torch_engine import TorchEngine, unsupported_reason
 from lit_search_rl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 from lit_search_rl.timing import PhaseTimer
@@ -82,14 +82,26 @@ class RolloutRunner:
         rank, world = rank_and_world()
         picks = shard(questions, rank, world)
         counts = [sizes[i] for i in picks]
-        agent = AgentLoop(self.engine_for(policy, sampling(rank)), self.retriever, self.tokenizer, self.config,
-                          context_length=context_length_of(policy))  # fmt: skip
+        agent = self.agent_for(policy, sampling(rank))
         flat = agent.rollout([questions[i].question for i, n in zip(picks, counts, strict=True) for _ in range(n)])
         # The agent loop's own bookkeeping (parsing, token ids) stays booked as "rollout".
         self.timer.add("generate", agent.stats.generate_seconds, within="rollout")
         self.timer.add("retrieve", agent.stats.retrieve_seconds, within="rollout")
         ends = list(itertools.accumulate(counts))
         return gather_shards([flat[end - n : end] for n, end in zip(counts, ends, strict=True)], len(questions))
+
+    def agent_for(self, policy: torch.nn.Module, sampling: SamplingConfig) -> AgentLoop | PooledAgentLoop:
+        """The agent loop that rolls out from ``policy``'s current weights with ``sampling``: in this process,
+        or in the torch engine's worker processes (each running the loop whole on its share of the questions)."""
+        context_length = context_length_of(policy)
+        if (self.engine == "torch" and self.workers > 1 and self.vllm is None and not is_sharded(policy)
+                and next(policy.parameters()).device.type == "cpu" and unsupported_reason(policy) is None):  # fmt: skip
+            if self._pool is None or self._pool.model is not policy or self._pool.retriever is not self.retriever:
+                self.close()
+                self._pool = ProcessPool(policy, self.tokenizer, self.workers, retriever=self.retriever)
+            return PooledAgentLoop(self._pool, sampling, self.config, context_length)
+        return AgentLoop(self.engine_for(policy, sampling), self.retriever, self.tokenizer, self.config,
+                         context_length=context_length)  # fmt: skip
 
     def engine_for(self, policy: torch.nn.Module, sampling: SamplingConfig) -> GenerationEngine:
         """The engine that generates from ``policy``'s current weights with ``sampling``."""
@@ -107,11 +119,6 @@ class RolloutRunner:
             model = self._copy
         if self.engine == "torch":
             reason = unsupported_reason(model)
-            if reason is None and self.workers > 1 and model.device.type == "cpu":
-                if self._pool is None or self._pool.model is not model:
-                    self.close()
-                    self._pool = ProcessPool(model, self.tokenizer, self.workers)
-                return self._pool.engine(sampling)
             if reason is None:
                 return TorchEngine(model, self.tokenizer, sampling)
             if not self._told_fallback:

@@ -1,19 +1,21 @@
-"""``TorchEngine`` in worker processes: a batch's rows decoded on several CPU cores at once.
+"""The agent loop in worker processes: a step's rollouts generated on several CPU cores at once.
 
 A decode step of a small model is mostly Python and small kernels on one core, which neither a second
 OpenMP thread (it waits at every kernel's barrier) nor a second Python thread (the interpreter lock)
-can share. Worker processes can: each runs its own ``TorchEngine`` on its share of the rows.
+can share. Worker processes can: each runs the whole agent loop (``AgentLoop`` over its own
+``TorchEngine``, and the retriever) on a share of the step's questions.
 
+- Each worker runs its share from the first turn to the last, so no worker waits for another between
+  turns (sharing out each turn's rows instead, measured slower: every turn waited for the slower worker).
+  A question's K copies stay with one worker, whose engine computes their prompt once.
 - The weights are not copied: the policy's parameters move to shared memory once, so an optimizer step
   in the training process is what the workers compute with next. The training process tells them
   which weights they hold (its parameters' version counters), so kept keys and values are reused only
   under the weights that computed them.
-- A row goes to the worker that generated the sequence its prompt extends (the agent loop's next turn),
-  so that worker computes only its new tokens; new prompts go, the K copies of one prompt together, to
-  the worker with the fewest rows; when one worker would hold more than ``imbalance`` rows beyond
-  another, its shortest rows move (their prompt computed again by the other worker).
-- Each worker seeds its calls from the sampling seed, the call's number and its own index: a run is
-  reproducible for a given number of workers.
+- The retriever is the training process's, inherited by the forked workers (an HTTP client opens its own
+  connections there; an in-process index is shared with the training process's memory).
+- Each worker seeds its share from the sampling seed and its own index: a run is reproducible for a given
+  number of workers.
 - A worker that dies or fails raises here, with its reason; none is left behind (daemon processes,
   closed when the pool is collected or ``close`` is called).
 """
@@ -28,14 +30,13 @@ from dataclasses import replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_search_rl.rollout.engine import Generation, GenerationEngine, SamplingConfig
-from lit_search_rl.rollout.slot_cache import PrefixIndex
+from lit_search_rl.retrieval.base import Retriever
+from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, RolloutStats, Trajectory
+from lit_search_rl.rollout.engine import SamplingConfig
 from lit_search_rl.rollout.torch_engine import TorchEngine, weight_versions
 
-SEED_STRIDE = 1_000_003
-"""Seeds of a worker's calls are ``seed + call * SEED_STRIDE + worker * WORKER_STRIDE``; a worker's call takes
-the next seed for each of its budget groups, so no two (call, worker, group) meet below these strides."""
 WORKER_STRIDE = 10_007
+"""Worker w samples with ``seed + w * WORKER_STRIDE``; its engine takes the next seeds for its calls (turns)."""
 
 
 class _WorkerEngine(TorchEngine):
@@ -47,8 +48,10 @@ class _WorkerEngine(TorchEngine):
         return self.weights
 
 
-def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, options: dict) -> None:
-    """A worker's loop: one request (rows, budgets, stop strings, sampling, weights) in, its generations out."""
+def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
+           options: dict) -> None:  # fmt: skip
+    """A worker's loop: (questions, agent loop config, context length, sampling, weights) in, the agent loop's
+    trajectories and stats out."""
     torch.set_num_threads(1)
     engine = _WorkerEngine(model, tokenizer, **options)
     while True:
@@ -58,24 +61,25 @@ def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             return
         if request is None:
             return
-        prompts, budgets, stop, sampling, weights = request
+        questions, config, context_length, sampling, weights = request
         try:
             engine.sampling, engine.weights, engine._calls = sampling, weights, 0
             engine.warpers = engine._warpers()
-            connection.send(("ok", engine.generate(prompts, budgets, stop)))
+            agent = AgentLoop(engine, retriever, tokenizer, config, context_length=context_length)
+            connection.send(("ok", (agent.rollout(questions), agent.stats)))
         except Exception as error:  # reported to the training process, which raises it
             connection.send(("error", f"{type(error).__name__}: {error}"))
 
 
 class ProcessPool:
-    """Worker processes that each hold a ``TorchEngine`` over the same shared-memory weights.
+    """Worker processes that each run the agent loop with a ``TorchEngine`` over the same shared-memory weights.
 
     Args:
         model: the policy (CPU, a model ``TorchEngine`` runs); its parameters move to shared memory.
         tokenizer: its tokenizer.
         workers: worker processes (one torch thread each).
+        retriever: what the workers' agent loops search.
         timeout: seconds to wait for a worker's answer before giving up with an error.
-        imbalance: rows one worker may have beyond another's before the shortest of them move to it.
         options: ``TorchEngine`` keyword arguments for every worker.
     """
 
@@ -84,21 +88,20 @@ class ProcessPool:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         workers: int = 2,
+        retriever: Retriever | None = None,
         timeout: float = 3600.0,
-        imbalance: int = 2,
         **options,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
-        self.model, self.tokenizer, self.workers, self.timeout = model, tokenizer, workers, timeout
-        self.imbalance = imbalance
+        self.model, self.tokenizer, self.workers, self.retriever = model, tokenizer, workers, retriever
+        self.timeout = timeout
         self.options = {"threads": 1, "prefill_threads": 1, **options}
         self._processes: list = []
         self._connections: list = []
-        self._held = PrefixIndex()  # each sequence of the last call, its row the worker holding it
 
     def start(self) -> None:
-        """Spawn the workers (done by the first ``generate``); the model's parameters move to shared memory."""
+        """Fork the workers (done by the first ``rollout``); the model's parameters move to shared memory."""
         if self._processes:
             return
         self.model.share_memory()
@@ -108,8 +111,8 @@ class ProcessPool:
         context = torch.multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         for _ in range(self.workers):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, self.model, self.tokenizer, self.options),
-                                      daemon=True)  # fmt: skip
+            arguments = (theirs, self.model, self.tokenizer, self.retriever, self.options)
+            process = context.Process(target=_serve, args=arguments, daemon=True)
             process.start()
             self._processes.append(process)
             self._connections.append(ours)
@@ -120,77 +123,41 @@ class ProcessPool:
         _close(self._processes, self._connections)
         self._processes, self._connections = [], []
 
-    def engine(self, sampling: SamplingConfig | None = None) -> PooledEngine:
-        """An engine over the workers, with its own sampling and call count (as a new ``TorchEngine``)."""
-        return PooledEngine(self, sampling or SamplingConfig())
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        budgets: Sequence[int],
-        stop: Sequence[str],
-        sampling: SamplingConfig,
-        call: int,
-    ) -> list[Generation]:
-        """Every row generated by the worker its prompt belongs to (see the module docstring)."""
+    def rollout(
+        self, questions: Sequence[str], config: RolloutConfig, sampling: SamplingConfig,
+        context_length: int | None = None,
+    ) -> tuple[list[Trajectory], RolloutStats]:  # fmt: skip
+        """The agent loop on ``questions``, each worker running it on a contiguous share of them (a question's
+        copies together). Returns the trajectories in the order of ``questions``, and the stats of the
+        slowest worker (what the rollout waited for) with the tokens and retriever calls of all."""
         self.start()
         try:
-            return self._generate(prompts, budgets, stop, sampling, call)
+            return self._rollout(questions, config, sampling, context_length)
         except BaseException:
             self.close()  # answers still in flight would be read by the next call: start afresh then
-            self._held = PrefixIndex()
             raise
 
-    def _generate(
-        self, prompts: Sequence[Sequence[int]], budgets: Sequence[int], stop: Sequence[str],
-        sampling: SamplingConfig, call: int,
-    ) -> list[Generation]:  # fmt: skip
-        shares = self._route(prompts)
-        weights = weight_versions(self.model)
-        for worker, rows in enumerate(shares):
-            if rows:
-                seed = None if sampling.seed is None else sampling.seed + call * SEED_STRIDE + worker * WORKER_STRIDE
-                request = ([prompts[r] for r in rows], [budgets[r] for r in rows], list(stop),
-                           replace(sampling, seed=seed), weights)  # fmt: skip
-                try:
-                    self._connections[worker].send(request)
-                except OSError:  # a broken pipe: the worker is gone
-                    self._raise_if_dead(worker)
-                    raise
-        results: list[Generation | None] = [None] * len(prompts)
-        self._held = PrefixIndex()
-        for worker, rows in enumerate(shares):
-            if not rows:
-                continue
-            for row, generation in zip(rows, self._answer(worker), strict=True):
-                results[row] = generation
-                self._held.add([*prompts[row], *generation.token_ids], None, worker, 0)
-        return results  # type: ignore[return-value]
+    def _rollout(self, questions: Sequence[str], config: RolloutConfig, sampling: SamplingConfig,
+                 context_length: int | None) -> tuple[list[Trajectory], RolloutStats]:  # fmt: skip
+        shares, weights = split_groups(questions, self.workers), weight_versions(self.model)
+        busy = [worker for worker, (start, end) in enumerate(shares) if end > start]
+        for worker in busy:
+            start, end = shares[worker]
+            seed = None if sampling.seed is None else sampling.seed + worker * WORKER_STRIDE
+            self._send(worker, (list(questions[start:end]), config, context_length, replace(sampling, seed=seed),
+                                weights))  # fmt: skip
+        answers = [self._answer(worker) for worker in busy]
+        slowest = max((stats for _, stats in answers), key=lambda s: s.generate_seconds + s.retrieve_seconds)
+        stats = replace(slowest, generated_tokens=sum(s.generated_tokens for _, s in answers),
+                        retriever_calls=sum(s.retriever_calls for _, s in answers))  # fmt: skip
+        return [t for done, _ in answers for t in done], stats
 
-    def _route(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Row indices for each worker: a continued sequence to its owner, new prompts to the least loaded."""
-        shares: list[list[int]] = [[] for _ in range(self.workers)]
-        new: dict[tuple[int, ...], list[int]] = {}
-        for row, prompt in enumerate(prompts):
-            owner = self._owner(prompt)
-            if owner is None:
-                new.setdefault(tuple(prompt), []).append(row)
-            else:
-                shares[owner].append(row)
-        for rows in sorted(new.values(), key=len, reverse=True):
-            min(shares, key=len).extend(rows)
-        # Each turn waits for the busiest worker: when the continued rows are shared out very unevenly, the
-        # shortest ones move (their new worker computes their whole prompt, which costs less than waiting).
-        while True:
-            busiest, idlest = max(shares, key=len), min(shares, key=len)
-            if len(busiest) - len(idlest) <= self.imbalance:
-                break
-            idlest.append(busiest.pop(min(range(len(busiest)), key=lambda i: len(prompts[busiest[i]]))))
-        return [sorted(rows) for rows in shares]
-
-    def _owner(self, prompt: Sequence[int]) -> int | None:
-        held = self._held.longest_prefix(prompt)
-        return None if held is None else held.row
+    def _send(self, worker: int, request: tuple) -> None:
+        try:
+            self._connections[worker].send(request)
+        except OSError:  # a broken pipe: the worker is gone
+            self._raise_if_dead(worker)
+            raise
 
     def _raise_if_dead(self, worker: int) -> None:
         process = self._processes[worker]
@@ -198,7 +165,7 @@ class ProcessPool:
         if not process.is_alive():
             raise RuntimeError(f"rollout worker {worker} died (exit code {process.exitcode})")
 
-    def _answer(self, worker: int) -> list[Generation]:
+    def _answer(self, worker: int) -> tuple[list[Trajectory], RolloutStats]:
         connection = self._connections[worker]
         waited = 0.0
         while not connection.poll(1.0):
@@ -212,18 +179,31 @@ class ProcessPool:
         return payload
 
 
-class PooledEngine(GenerationEngine):
-    """A ``GenerationEngine`` over a ``ProcessPool``: the pool's workers generate, with this engine's sampling."""
+class PooledAgentLoop:
+    """``AgentLoop``'s ``rollout`` and ``stats``, run by the workers of a ``ProcessPool``."""
 
-    def __init__(self, pool: ProcessPool, sampling: SamplingConfig) -> None:
+    def __init__(self, pool: ProcessPool, sampling: SamplingConfig, config: RolloutConfig | None = None,
+                 context_length: int | None = None) -> None:  # fmt: skip
         sampling.validate()
-        self.pool, self.sampling, self._calls = pool, sampling, 0
+        self.config = config or RolloutConfig()
+        self.config.validate()
+        self.pool, self.sampling, self.context_length = pool, sampling, context_length
+        self.stats = RolloutStats()
 
-    def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
-    ) -> list[Generation]:
-        self._calls += 1
-        return self.pool.generate(prompts, max_new_tokens, stop, self.sampling, self._calls - 1)
+    def rollout(self, questions: Sequence[str]) -> list[Trajectory]:
+        """One trajectory per question (repeat a question K times for a group of K), as ``AgentLoop.rollout``."""
+        trajectories, self.stats = self.pool.rollout(questions, self.config, self.sampling, self.context_length)
+        return trajectories
+
+
+def split_groups(questions: Sequence[str], parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (start, end) slices of ``questions`` of near-equal size, cut only where the question
+    changes, so that the copies of a question stay in one slice (the later of two cuts as near; the last
+    slices may be empty)."""
+    cuts = [0] + [i for i in range(1, len(questions)) if questions[i] != questions[i - 1]] + [len(questions)]
+    ends = [min(reversed(cuts), key=lambda c: abs(c - len(questions) * part / parts)) for part in range(1, parts)]
+    bounds = [0, *sorted(ends), len(questions)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
 def _close(processes: list, connections: list) -> None:

@@ -68,14 +68,10 @@ class SlotCache:
 
 @dataclass(frozen=True)
 class Prefix:
-    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on.
-
-    ``cache`` is None where the keys and values live in another process and ``row`` says which one (the
-    rollout workers' ``ProcessPool``).
-    """
+    """A token sequence whose keys and values sit in ``cache``, row ``row``, from slot ``slot`` on."""
 
     ids: tuple[int, ...]
-    cache: SlotCache | None
+    cache: SlotCache
     row: int
     slot: int
 
@@ -98,7 +94,7 @@ class PrefixIndex:
         self._by_tail: dict[tuple[int, tuple[int, ...]], list[Prefix]] = {}
         self._lengths: list[int] = []
 
-    def add(self, ids: Sequence[int], cache: SlotCache | None, row: int, slot: int) -> None:
+    def add(self, ids: Sequence[int], cache: SlotCache, row: int, slot: int) -> None:
         prefix = Prefix(tuple(ids), cache, row, slot)
         self._by_tail.setdefault((prefix.length, prefix.ids[-self.TAIL :]), []).append(prefix)
         self._lengths = sorted({*self._lengths, prefix.length}, reverse=True)
