@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from lit_search_rl.grpo.config import LossConfig
-from lit_search_rl.grpo.losses import group_advantages
-from lit_search_rl.grpo.update import UpdateBatch, accumulate_gradients, frozen_logprobs, make_update_batch
+from lit_search_rl.grpo.losses import group_advantages, token_entropy
+from lit_search_rl.grpo.update import (
+    UpdateBatch,
+    accumulate_gradients,
+    frozen_logprobs,
+    make_update_batch,
+    token_logprobs,
+)
 from lit_search_rl.policy import load_policy
 
 
@@ -143,3 +149,23 @@ def test_rl_zvp_trains_the_zero_variance_groups_and_reports_their_share(model_di
     finite, totals = m.accumulate(only_flat)
     assert finite and totals["zero_variance_mass"] == totals["advantage_mass"] > 0
     assert any((g != 0).any() for g in grads(m).values())  # where GRPO gives exactly nothing, RL-ZVP trains
+
+
+def test_logprobs_are_those_of_a_full_forward_where_the_loss_reads_them(model_dir: Path) -> None:
+    policy = load_policy(str(model_dir)).train()
+    batch = random_batch(policy, [[1, 0, 0, 1], [0, 1, 1, 1]])
+    batch.loss_mask[1, :] = 0  # a row with nothing of its own
+    logprobs, entropy = token_logprobs(policy, batch, slice(0, 8))
+    mask = batch.loss_mask[:, 1:].bool()
+    torch.autograd.backward((logprobs * mask).sum())
+    ours = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad(set_to_none=True)
+    full = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].log_softmax(-1)
+    expected = full.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    torch.autograd.backward((expected * mask).sum())
+    assert torch.allclose(logprobs[mask], expected[mask], atol=1e-6)
+    assert torch.allclose(entropy[mask], token_entropy(full)[mask].detach(), atol=1e-5)
+    skipped = ~mask.any(0)  # no row predicts a token of its own there
+    assert skipped.any() and (logprobs[:, skipped] == 0).all() and (entropy[:, skipped] == 0).all()
+    for name, p in policy.named_parameters():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name

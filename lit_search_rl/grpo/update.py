@@ -117,13 +117,23 @@ def _rollout_logprobs(trajectories: Sequence[Trajectory], padding: int, width: i
 def token_logprobs(model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(n, L-1) logprob of each next token, and (n, L-1) entropy of each next-token distribution.
 
-    The entropy (a full pass over the vocabulary) is only computed for the training pass; the
-    frozen old / reference logprobs, computed without gradients, return None for it.
+    Both are computed only at positions where some row of ``rows`` predicts one of its own tokens
+    (``loss_mask``), and are 0 elsewhere, where nothing reads them: the output projection and the softmax over
+    the vocabulary cost as much as the rest of a small model, and the prompt and the retrieved passages are
+    most of every row. ``logits_to_keep`` takes those positions, so the model applies its own head (and any
+    logit scaling) to them. The entropy is only computed for the training pass; the frozen old / reference
+    logprobs, computed without gradients, return None for it.
     """
-    logits = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits[:, :-1]
-    logp = logits.float().log_softmax(-1)  # (n, L-1, V)
-    chosen = logp.gather(-1, batch.input_ids[rows, 1:, None])[..., 0]
-    entropy = token_entropy(logp).detach() if torch.is_grad_enabled() else None
+    input_ids, mask = batch.input_ids[rows], batch.loss_mask[rows, 1:]
+    positions = mask.any(0).nonzero().squeeze(1)  # (K,)
+    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask[rows], logits_to_keep=positions).logits
+    logp = logits.float().log_softmax(-1)  # (n, K, V)
+    chosen = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
+    chosen[:, positions] = logp.gather(-1, input_ids[:, positions + 1, None])[..., 0]
+    if not torch.is_grad_enabled():
+        return chosen, None
+    entropy = torch.zeros_like(chosen)
+    entropy[:, positions] = token_entropy(logp).detach()
     return chosen, entropy
 
 
