@@ -91,7 +91,7 @@ def main() -> None:
         questions = [rows[(rep * groups + i) % len(rows)]["question"] for i in range(groups) for _ in range(4)]
         for name, loop_for in loops.items():
             agent = loop_for(SamplingConfig(temperature=1.0, seed=rep))
-            agent.rollout(questions[:2])  # warm-up
+            agent.rollout(questions[:8])  # warm-up: two questions, one for each of two workers
             start = time.perf_counter()
             agent.rollout(questions)
             rates[name].append(agent.stats.generated_tokens / (time.perf_counter() - start))

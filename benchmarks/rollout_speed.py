@@ -80,7 +80,7 @@ def child(args: argparse.Namespace) -> dict:
     else:
         agent = AgentLoop(engine_class(model, tokenizer, sampling), retriever, tokenizer, config)
     start = time.perf_counter()
-    agent.rollout([rows[0]["question"]] * 2)
+    agent.rollout([rows[0]["question"]] * 2 + [rows[1]["question"]] * 2)  # two questions: each worker warms up
     result["first_call_s"] = time.perf_counter() - start
 
     result.update(agent_s=0.0, agent_tokens=0, searches=0)

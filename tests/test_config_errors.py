@@ -43,7 +43,7 @@ def fit_error(capsys: pytest.CaptureFixture[str], *args: str, config: str = RECY
     [
         (["--model.init_args.group_size", "1"], ["model.group_size", "at least 2", "got 1"]),
         (["--model.init_args.batch_size", "0"], ["model.batch_size", "at least 1"]),
-        (["--model.init_args.micro_batch_size", "3"], ["model.micro_batch_size", "must divide", "16"]),
+        (["--model.init_args.micro_batch_size", "3"], ["model.micro_batch_size", "must divide", "128"]),
         (["--data.init_args.strategy", "foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo", "'foo'"]),
         (["--data.strategy=foo"], ["data.strategy", "recycle, grpo, dapo, bounded_dapo"]),
         (["--model.init_args.optimizer.learning_rate", "abc"], ["model.optimizer.learning_rate", "a number", "'abc'"]),

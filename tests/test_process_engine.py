@@ -49,6 +49,7 @@ def test_workers_run_the_agent_loop_as_this_process_does(model, tokenizer, bm25_
         got = pooled.rollout(QUESTIONS)
         assert_same(got, expected)
         assert pooled.stats.generated_tokens == sum(sum(t.loss_mask) for t in got)
+        assert pooled.rollout([]) == [] and pooled.stats.generated_tokens == 0
         runs = [PooledAgentLoop(pool, SamplingConfig(temperature=1.0, seed=seed), CONFIG).rollout(QUESTIONS)
                 for seed in (3, 3, 4)]  # fmt: skip
     finally:

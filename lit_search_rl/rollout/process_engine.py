@@ -141,6 +141,8 @@ class ProcessPool:
                  context_length: int | None) -> tuple[list[Trajectory], RolloutStats]:  # fmt: skip
         shares, weights = split_groups(questions, self.workers), weight_versions(self.model)
         busy = [worker for worker, (start, end) in enumerate(shares) if end > start]
+        if not busy:
+            return [], RolloutStats()
         for worker in busy:
             start, end = shares[worker]
             seed = None if sampling.seed is None else sampling.seed + worker * WORKER_STRIDE
