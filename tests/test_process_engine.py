@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lit_search_rl.retrieval.base import Document, Retriever
 from lit_search_rl.retrieval.index import load_retriever
 from lit_search_rl.rollout import process_engine
 from lit_search_rl.rollout.agent import AgentLoop, RolloutConfig, Trajectory
@@ -132,6 +133,32 @@ def test_each_worker_searches_and_reads_for_its_own_questions(model, tokenizer, 
         assert (g.response_ids, g.loss_mask, g.queries, g.num_turns) == (e.response_ids, e.loss_mask, e.queries,
                                                                           e.num_turns)  # fmt: skip
     assert pooled.stats.retriever_calls == 2 + 1  # worker 0: Q one's two turns (Q two answers); worker 1: Q three
+
+
+class _WhereSearched(Retriever):
+    """Answers every query with one passage that says whether ``forked`` ran in the process searching."""
+
+    was_forked = False
+
+    def forked(self) -> None:
+        self.was_forked = True
+
+    def _search(self, queries: list[str], k: int) -> list[list[Document]]:
+        return [[Document("0", "t", "forked" if self.was_forked else "parent")] for _ in queries]
+
+
+def test_workers_let_the_retriever_know_it_was_forked(model, tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process_engine, "_WorkerEngine", _ScriptedWorkerEngine)
+    retriever = _WhereSearched()
+    pool = ProcessPool(model, tokenizer, workers=2, retriever=retriever)
+    try:
+        got = PooledAgentLoop(pool, SamplingConfig(), RolloutConfig()).rollout(["Q one?", "Q three?"])
+    finally:
+        pool.close()
+    for t in got:  # each worker searched after its own call of forked; this process's retriever never was
+        information = tokenizer.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])
+        assert "forked" in information and "parent" not in information
+    assert not retriever.was_forked
 
 
 def test_questions_split_between_workers_keep_their_copies_together() -> None:

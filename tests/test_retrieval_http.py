@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from lit_search_rl.retrieval.base import Document, RetrievalError, Retriever, SearchStopped, raise_if_stopped, stop_when
+from lit_search_rl.retrieval.cache import CachedRetriever
 from lit_search_rl.retrieval.http_client import HTTPRetriever
 from lit_search_rl.retrieval.index import load_retriever
 from lit_search_rl.retrieval.server import RetrievalServer, ServerLimits
@@ -119,6 +120,17 @@ def test_our_client_against_our_server_matches_in_process(server: RetrievalServe
     assert remote == local  # ids, titles, texts and scores
     assert client.health()["status"] == "ok"
     client.close()
+
+
+def test_a_forked_client_opens_connections_of_its_own(server: RetrievalServer, bm25_dir: Path) -> None:
+    client = CachedRetriever(HTTPRetriever(server.url))
+    assert client.inner.health()["status"] == "ok"  # a pooled connection the parent holds
+    inherited = client.inner.session
+    client.forked()  # as a rollout worker does after the fork
+    assert client.inner.session is not inherited
+    assert client.search(["festival"], 2) == load_retriever(bm25_dir).search(["festival"], 2)
+    client.close()
+    inherited.close()
 
 
 def test_a_failing_retriever_gives_500_and_the_server_survives() -> None:

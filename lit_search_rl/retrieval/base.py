@@ -126,6 +126,11 @@ class Retriever(ABC):
         """Release what the backend holds (connections, GPU memory); the default holds nothing."""
         return None
 
+    def forked(self) -> None:
+        """Called in a forked process (a rollout worker) before it searches: stop sharing with the parent what
+        must not be shared (an HTTP client's open connections); the default shares nothing of the kind."""
+        return None
+
 
 EMPTY_RETRIEVER = "empty://"
 """The retriever spec (``model.retriever``) of ``EmptyRetriever``."""

@@ -48,3 +48,6 @@ class CachedRetriever(Retriever):
 
     def close(self) -> None:
         self.inner.close()
+
+    def forked(self) -> None:
+        self.inner.forked()

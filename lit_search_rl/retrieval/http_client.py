@@ -76,6 +76,11 @@ class HTTPRetriever(Retriever):
     def close(self) -> None:
         self.session.close()
 
+    def forked(self) -> None:
+        # The inherited session's pooled connections are the parent's sockets too: two processes writing
+        # requests to one socket would read each other's answers. A new session opens its own.
+        self.session = new_session(pool_maxsize=8)
+
 
 def parse_result(answer: Any, expected: int) -> list[list[Document]]:
     """Documents from a ``/retrieve`` answer of ``expected`` queries; ``ValueError`` says what is wrong with it."""

@@ -12,8 +12,8 @@ can share. Worker processes can: each runs the whole agent loop (``AgentLoop`` o
   in the training process is what the workers compute with next. The training process tells them
   which weights they hold (its parameters' version counters), so kept keys and values are reused only
   under the weights that computed them.
-- The retriever is the training process's, inherited by the forked workers (an HTTP client opens its own
-  connections there; an in-process index is shared with the training process's memory).
+- The retriever is the training process's, inherited by the forked workers: an in-process index is read
+  where it lies, and an HTTP client opens connections of its own there (``Retriever.forked``).
 - Each worker seeds its share from the sampling seed and its own index: a run is reproducible for a given
   number of workers.
 - A worker that dies or fails raises here, with its reason; none is left behind (daemon processes,
@@ -53,6 +53,8 @@ def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     """A worker's loop: (questions, agent loop config, context length, sampling, weights) in, the agent loop's
     trajectories and stats out."""
     torch.set_num_threads(1)
+    if retriever is not None:
+        retriever.forked()
     engine = _WorkerEngine(model, tokenizer, **options)
     while True:
         try:
