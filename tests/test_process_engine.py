@@ -167,3 +167,25 @@ def test_questions_split_between_workers_keep_their_copies_together() -> None:
     assert split_groups(["a"] * 3 + ["b"] * 5, 2) == [(0, 3), (3, 8)]
     assert split_groups(["a", "b", "c"], 3) == [(0, 1), (1, 2), (2, 3)]
     assert split_groups(["a"] * 4, 2) == [(0, 4), (4, 4)]  # one group: the other worker gets nothing
+
+
+def test_the_grpo_module_rolls_out_in_workers_or_says_why_not(model_dir: Path, bm25_dir: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    from lit_search_rl.grpo import GRPOModule
+
+    def runner(engine: str):
+        module = GRPOModule(model=str(model_dir), retriever=str(bm25_dir), group_size=2, batch_size=1,
+                            micro_batch_size=2, rollout_workers=2, engine=engine)  # fmt: skip
+        module.configure_model()
+        return module
+
+    torch_module = runner("torch")
+    assert type(torch_module.runner.agent_for(torch_module.policy, SamplingConfig())) is PooledAgentLoop
+    torch_module.runner.close()
+    hf_module = runner("hf")
+    with caplog.at_level("INFO"):
+        agents = [hf_module.runner.agent_for(hf_module.policy, SamplingConfig()) for _ in range(2)]
+    assert all(type(a) is AgentLoop for a in agents) and hf_module.runner._pool is None
+    notices = [r.getMessage() for r in caplog.records if "rollout_workers" in r.getMessage()]
+    assert notices == ["model.rollout_workers 2 unused, rollouts run in this process: they run the torch engine, "
+                       "not hf"]  # fmt: skip

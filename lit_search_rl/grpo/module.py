@@ -81,10 +81,11 @@ class GRPOModule(EvaluatesAgent, ExportsPolicy, LightningModule):
             the CPU; llama, qwen2 and qwen3 models, others fall back to ``hf`` with a notice), ``hf`` with
             transformers' ``generate``, ``vllm`` with a colocated vLLM engine that the ``VLLMWeightSync``
             callback keeps up to date.
-        rollout_workers: Worker processes the ``torch`` engine decodes in on the CPU, each with a share of the
-            batch's rows and one thread, over the policy's weights in shared memory (1: in this process).
-            A decode step of a small model is Python and small kernels that one core runs alone, so two
-            workers on two cores generate about 1.2-1.6x the tokens per second of one.
+        rollout_workers: Worker processes that roll out with the ``torch`` engine for an unsharded policy on the
+            CPU, each running the agent loop on a share of the step's questions with one thread, over the
+            policy's weights in shared memory (1: in this process). A decode step of a small model is Python
+            and small kernels that one core runs alone, so two workers on two cores generate about 1.4-1.7x
+            the tokens per second of one.
         vllm: Memory fraction, sleep mode, dtype and length settings of the vLLM engine.
         export_dir: Where to save the policy in Hugging Face format at each checkpoint and at the end of fit.
         evaluation: How ``validate``, ``test`` and validation during fit evaluate the agent (pass@k, judge).

@@ -60,6 +60,7 @@ class RolloutRunner:
         self.retriever: Retriever | None = None
         self._copy: torch.nn.Module | None = None  # generates for a sharded policy (torch, hf engines)
         self._told_fallback = False  # the torch engine's fallback notice is given once
+        self._told_no_workers = False  # and so is the notice that rollout workers are not used
 
     def close(self) -> None:
         """Stop the torch engine's worker processes, if any."""
@@ -94,14 +95,28 @@ class RolloutRunner:
         """The agent loop that rolls out from ``policy``'s current weights with ``sampling``: in this process,
         or in the torch engine's worker processes (each running the loop whole on its share of the questions)."""
         context_length = context_length_of(policy)
-        if (self.engine == "torch" and self.workers > 1 and self.vllm is None and not is_sharded(policy)
-                and next(policy.parameters()).device.type == "cpu" and unsupported_reason(policy) is None):  # fmt: skip
-            if self._pool is None or self._pool.model is not policy or self._pool.retriever is not self.retriever:
-                self.close()
-                self._pool = ProcessPool(policy, self.tokenizer, self.workers, retriever=self.retriever)
-            return PooledAgentLoop(self._pool, sampling, self.config, context_length)
+        if self.workers > 1:
+            reason = self._no_workers_reason(policy)
+            if reason is None:
+                if self._pool is None or self._pool.model is not policy or self._pool.retriever is not self.retriever:
+                    self.close()
+                    self._pool = ProcessPool(policy, self.tokenizer, self.workers, retriever=self.retriever)
+                return PooledAgentLoop(self._pool, sampling, self.config, context_length)
+            if not self._told_no_workers:
+                rank_zero_info(f"model.rollout_workers {self.workers} unused, rollouts run in this process: {reason}")
+                self._told_no_workers = True
         return AgentLoop(self.engine_for(policy, sampling), self.retriever, self.tokenizer, self.config,
                          context_length=context_length)  # fmt: skip
+
+    def _no_workers_reason(self, policy: torch.nn.Module) -> str | None:
+        """Why rollout workers cannot roll out from ``policy``, or None when they can."""
+        if self.engine != "torch" or self.vllm is not None:
+            return f"they run the torch engine, not {self.engine}"
+        if is_sharded(policy):
+            return "the policy is sharded"
+        if next(policy.parameters()).device.type != "cpu":
+            return "the policy is not on the CPU"
+        return unsupported_reason(policy)
 
     def engine_for(self, policy: torch.nn.Module, sampling: SamplingConfig) -> GenerationEngine:
         """The engine that generates from ``policy``'s current weights with ``sampling``."""
