@@ -104,7 +104,7 @@ class _ScriptedWorkerEngine(ScriptedEngine):
     def __init__(self, model, tokenizer, **options) -> None:
         super().__init__(tokenizer, SCRIPT)
 
-    def _warpers(self) -> None:
+    def begin(self, sampling: SamplingConfig, weights: tuple[int, ...]) -> None:
         return None
 
 

@@ -47,6 +47,12 @@ class _WorkerEngine(TorchEngine):
     def _weight_key(self) -> tuple[int, ...]:
         return self.weights
 
+    def begin(self, sampling: SamplingConfig, weights: tuple[int, ...]) -> None:
+        """Start a request as a new engine would: its sampling settings, the weights it holds, calls counted
+        (and seeded) from 0; the stop-string tables and kept sequences stay."""
+        self.sampling, self.weights, self._calls = sampling, weights, 0
+        self.warpers = self._warpers()
+
 
 def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
            options: dict) -> None:  # fmt: skip
@@ -65,8 +71,7 @@ def _serve(connection, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             return
         questions, config, context_length, sampling, weights = request
         try:
-            engine.sampling, engine.weights, engine._calls = sampling, weights, 0
-            engine.warpers = engine._warpers()
+            engine.begin(sampling, weights)
             agent = AgentLoop(engine, retriever, tokenizer, config, context_length=context_length)
             connection.send(("ok", (agent.rollout(questions), agent.stats)))
         except Exception as error:  # reported to the training process, which raises it
