@@ -50,3 +50,8 @@ def test_the_demo_world_holds_its_default_splits() -> None:
     """The default sizes fit the default world: generation refuses a world too small for its questions."""
     world = generate_world(_world_config(0, DemoSettings()))
     assert len(world.splits["sft"]) == DemoSettings.num_sft
+    assert len(world.splits["train"]) == DemoSettings.num_train
+
+
+def test_the_rl_pool_is_the_demo_settings_own() -> None:
+    assert _world_config(0, DemoSettings(num_train=123)).num_train == 123
