@@ -45,33 +45,32 @@ class DemoSettings:
 
     copy_drills: int = 800
     """Optimizer steps on copy drills at the start of the SFT warm start (``data.copy_drills``)."""
-    sft_steps: int = 1300
+    sft_steps: int = 1100
     """Optimizer steps of the SFT warm start on expert trajectories, after the copy drills."""
     sft_learning_rate: float = 3e-3
     """Peak learning rate of the SFT warm start."""
-    grpo_steps: int = 75
+    grpo_steps: int = 25
     """Training batches (rollout steps) of GRPO with recycling (``grpo-recycle.yaml``: 16 questions of 8 rollouts
-    per update, from 32 candidates). GRPO's gain on this testbed needs tens of updates, not a few."""
+    per update, from 32 candidates)."""
     grpo_learning_rate: float = 1e-4
     """Learning rate of GRPO."""
     max_hops: int = 3
     """Longest relation chain of a question."""
     num_sft: int = 2700
-    """Questions with expert trajectories for the warm start (the world's SFT split), so that the warm start
-    learns to read and copy instead of memorising a few hundred."""
-    num_train: int = 2700
+    """Questions with expert trajectories for the warm start (the world's SFT split): three times as many as
+    the RL pool, so that the warm start learns to read and copy instead of memorising a few hundred."""
+    num_train: int = 900
     """Questions of the RL pool (the world's train split). Recycling consumes each question that gave a signal
-    group, so a small pool is left with only too-hard questions: with 900, signal groups per update fell from
-    14 to under 2 within 75 steps and GRPO lost what it had gained."""
-    world_scale: int = 3
+    group, so a long GRPO stage needs a larger pool: with 900, signal groups per update fall from 14 to under 2
+    after about 75 steps (a world of ``world_scale`` 2 leaves room for about 1,400, of 3 for 2,700)."""
+    world_scale: int = 2
     """Multiplier of the world's entity counts (people, companies, films, bands, cities, countries,
-    distractors): a larger world holds more distinct questions, so that the SFT split and the RL pool fit in it
-    (at twice the default size at most about 1,400 questions are left for the pool)."""
+    distractors): a larger world holds more distinct questions, so more expert trajectories fit in it."""
     num_test: int = 100
     """Test questions per family (100 keeps a gain of 0.10 well outside the noise of the test set)."""
     num_val: int = 20
     """Validation questions per family, evaluated every ``val_every`` GRPO steps for the learning curve."""
-    val_every: int = 10
+    val_every: int = 5
     """GRPO rollout steps between validations."""
     hidden_size: int = 128
     """Width of the tiny model (narrower than the library default, for speed on two cores)."""
