@@ -16,6 +16,8 @@ from typing import Any
 from lit_search_rl.http_retry import get_json, new_session, post_json
 from lit_search_rl.retrieval.base import Document, RetrievalError, Retriever
 
+_POOL_SIZE = 8  # connections a client session pools per host (one session per process: see forked)
+
 
 def retrieve_url(url: str) -> str:
     """``http://host:port`` or ``.../retrieve`` -> the ``/retrieve`` endpoint."""
@@ -50,7 +52,7 @@ class HTTPRetriever(Retriever):
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.max_queries_per_request = max_queries_per_request
         self.max_k = max_k
-        self.session = new_session(pool_maxsize=8)
+        self.session = new_session(pool_maxsize=_POOL_SIZE)
 
     def _search(self, queries: list[str], k: int) -> list[list[Document]]:
         results: list[list[Document]] = []
@@ -79,7 +81,7 @@ class HTTPRetriever(Retriever):
     def forked(self) -> None:
         # The inherited session's pooled connections are the parent's sockets too: two processes writing
         # requests to one socket would read each other's answers. A new session opens its own.
-        self.session = new_session(pool_maxsize=8)
+        self.session = new_session(pool_maxsize=_POOL_SIZE)
 
 
 def parse_result(answer: Any, expected: int) -> list[list[Document]]:
