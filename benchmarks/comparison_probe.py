@@ -68,6 +68,7 @@ class Rows:
         self.rng, self.names = random.Random(seed), NameFactory(random.Random(seed + 1))
 
     def first_id(self, text: str) -> int:
+        """The id ``text`` starts with after a space: the token a decision between two options is scored on."""
         return self.tokenizer(f" {text}")["input_ids"][0]
 
     def one(self) -> tuple[list[int], list[int], list[tuple[str, int, int, int]]]:
@@ -98,6 +99,7 @@ class Rows:
         return ids + target_ids, [0] * len(ids) + [1] * len(target_ids), decisions
 
     def row(self) -> tuple[list[int], list[int], list[tuple[str, int, int, int]]]:
+        """``per_row`` comparisons back to back, with their decisions' positions in the row."""
         ids: list[int] = []
         mask: list[int] = []
         decisions: list[tuple[str, int, int, int]] = []
