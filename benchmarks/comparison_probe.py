@@ -137,6 +137,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=None, help="Append the run as one JSON line here.")
     args = parser.parse_args()
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model} is not a model folder (no config.json)")
+    if not (args.world / "entities.jsonl").is_file():
+        parser.error(f"--world {args.world} is not a synthetic world folder (no entities.jsonl)")
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
