@@ -34,6 +34,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from lit_search_rl.data.synthetic.names import NameFactory
 from lit_search_rl.io import read_jsonl
+from lit_search_rl.rollout.encoding import pad_batch
+from lit_search_rl.sft import next_token_predictions, token_nll
 
 
 def year_tokens(tokenizer: PreTrainedTokenizerBase, world: Path) -> list[int]:
@@ -159,13 +161,10 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         model.train()
-        batch = [train.row() for _ in range(16)]
-        width = max(len(ids) for ids, _, _ in batch)
-        ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row, _, _ in batch])
-        mask = torch.tensor([m + [0] * (width - len(m)) for _, m, _ in batch], dtype=torch.float)[:, 1:]
-        logits = model(ids).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        loss = (nll * mask).sum() / mask.sum()
+        rows = [train.row() for _ in range(16)]
+        batch = pad_batch([{"input_ids": ids, "loss_mask": mask} for ids, mask, _ in rows], tokenizer.pad_token_id)
+        logits, targets, (mask,) = next_token_predictions(model, batch, [batch["loss_mask"]])
+        loss = token_nll(logits, targets, mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
