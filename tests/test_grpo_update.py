@@ -169,3 +169,46 @@ def test_logprobs_are_those_of_a_full_forward_where_the_loss_reads_them(model_di
     assert skipped.any() and (logprobs[:, skipped] == 0).all() and (entropy[:, skipped] == 0).all()
     for name, p in policy.named_parameters():
         assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_micro_batch_runs_to_its_own_longest_row(model_dir: Path) -> None:
+    # Rows are right-padded to the batch's longest; a micro-batch of short rows is cut to its own longest, and
+    # gives what each row gives in a forward of its own, unpadded.
+    policy = load_policy(str(model_dir)).eval()
+    torch.manual_seed(0)
+    lengths, width = [7, 12, 5], 20
+    input_ids = torch.randint(3, policy.config.vocab_size, (3, width))
+    attention = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+    loss_mask = attention.clone()
+    loss_mask[:, :3] = 0
+    batch = UpdateBatch(input_ids, attention, loss_mask, torch.zeros(3))
+    widths = []
+    hook = policy.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                            with_kwargs=True)  # fmt: skip
+    with torch.no_grad():
+        logprobs, _ = token_logprobs(policy, batch, slice(0, 3))
+        hook.remove()
+        for row, n in enumerate(lengths):
+            alone = policy(input_ids=input_ids[row : row + 1, :n]).logits[0, :-1].log_softmax(-1)
+            expected = alone.gather(-1, input_ids[row, 1:n, None])[..., 0]
+            trained = loss_mask[row, 1:n].bool()
+            assert torch.allclose(logprobs[row, : n - 1][trained], expected[trained], atol=1e-5)
+    assert widths == [12] and logprobs.shape == (3, width - 1) and (logprobs[:, 11:] == 0).all()
+
+
+def test_update_rows_are_ordered_by_length_with_their_advantages() -> None:
+    # Rows of similar length side by side, so that each micro-batch wastes little on padding; each row keeps
+    # its own advantage and engine logprobs.
+    from lit_search_rl.rollout.agent import Trajectory
+
+    groups = [
+        [Trajectory([5] * 9, [7, 8], [1, 1], [-0.1, -0.2]), Trajectory([5], [9], [1], [-0.3])],
+        [Trajectory([5] * 4, [7, 8, 9], [1, 0, 1], [-0.4, 0.0, -0.5]), Trajectory([5, 6], [8], [1], [-0.6])],
+    ]
+    rewards = [[1.0, 0.0], [0.0, 1.0]]
+    batch = make_update_batch(groups, rewards, [0, 1], pad_id=0)
+    lengths = batch.attention_mask.sum(1).tolist()
+    assert lengths == sorted(lengths) == [2, 3, 7, 11]
+    assert batch.advantages.sign().tolist() == [-1.0, 1.0, -1.0, 1.0]  # rows: g0/t1, g1/t1, g1/t0, g0/t0
+    assert batch.rollout_logprobs[0, 0].item() == pytest.approx(-0.3)
+    assert batch.rollout_logprobs[3, 8:10].tolist() == pytest.approx([-0.1, -0.2])

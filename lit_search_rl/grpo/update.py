@@ -87,6 +87,9 @@ def make_update_batch(
     num_seqs = sum(any(e["loss_mask"][1:]) for e in examples)
     rank, world = rank_and_world()
     rows, padding = balanced_rows(len(examples), rank, world)
+    # Rows of similar length side by side: each micro-batch is cut to its own longest row (``token_logprobs``),
+    # so sorted rows waste little of it on padding. Order is free: every per-row tensor follows ``rows``.
+    rows.sort(key=lambda i: len(examples[i]["input_ids"]))
     filler = {"input_ids": examples[0]["input_ids"], "loss_mask": [0] * len(examples[0]["input_ids"])}
     local = [examples[i] for i in rows] + [filler] * padding
     local_advantages = torch.cat([advantages[rows], torch.zeros(padding)])
@@ -124,11 +127,15 @@ def token_logprobs(model, batch: UpdateBatch, rows: slice) -> tuple[torch.Tensor
     logit scaling) to them. The entropy is only computed for the training pass; the frozen old / reference
     logprobs, computed without gradients, return None for it.
     """
-    input_ids, mask = batch.input_ids[rows], batch.loss_mask[rows, 1:]
+    attention = batch.attention_mask[rows]
+    # Rows are right-padded to the batch's longest; the forward runs to this micro-batch's longest only (causal
+    # attention: a position never sees the padding after it, so nothing it computes changes).
+    width = int(attention.any(0).nonzero().max()) + 1
+    input_ids, mask = batch.input_ids[rows, :width], batch.loss_mask[rows, 1:width]
     positions = mask.any(0).nonzero().squeeze(1)  # (K,)
-    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask[rows], logits_to_keep=positions).logits
+    logits = model(input_ids=input_ids, attention_mask=attention[:, :width], logits_to_keep=positions).logits
     logp = logits.float().log_softmax(-1)  # (n, K, V)
-    chosen = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
+    chosen = torch.zeros((input_ids.shape[0], batch.input_ids.shape[1] - 1), dtype=logp.dtype, device=logp.device)
     chosen[:, positions] = logp.gather(-1, input_ids[:, positions + 1, None])[..., 0]
     if not torch.is_grad_enabled():
         return chosen, None
