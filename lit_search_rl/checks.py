@@ -247,7 +247,12 @@ def check_paths(section: str, values: Any, subcommand: str | None = None) -> Non
     """Every local file or folder the ``section``'s init arguments name exists, with the evaluation sets that
     ``subcommand`` reads (all of them without one)."""
     for name in PATH_ARGS.get(section, ()):
-        check_local(_get(values, name), f"{section}.init_args.{name}")
+        value = _get(values, name)
+        if isinstance(value, list | tuple):  # several files (``data.train``)
+            for i, item in enumerate(value):
+                check_local(item, f"{section}.init_args.{name}[{i}]")
+        else:
+            check_local(value, f"{section}.init_args.{name}")
     for split in EVAL_SPLITS.get(subcommand or "", ("val_sets", "test_sets")):
         for i, eval_set in enumerate(_get(values, split) or []):
             path = _get(eval_set, "path")
@@ -260,11 +265,14 @@ def check_train_rows(values: Any, subcommand: str | None) -> None:
     from lit_search_rl.data.qa import load_qa
 
     train = _get(values, "train")
-    if subcommand == "fit" and isinstance(train, str) and Path(train).is_file():
-        try:
-            load_qa(Path(train))
-        except ValueError as e:
-            raise ValueError(f"data.train: {e}") from None
+    if subcommand != "fit":
+        return
+    for path in [train] if isinstance(train, str) else train if isinstance(train, list | tuple) else []:
+        if isinstance(path, str) and Path(path).is_file():
+            try:
+                load_qa(Path(path))
+            except ValueError as e:
+                raise ValueError(f"data.train: {e}") from None
 
 
 def check_eval_rows(values: Any, subcommand: str | None) -> None:

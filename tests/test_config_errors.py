@@ -222,6 +222,9 @@ def test_help_skips_the_fast_check_and_print_config_checks_only_the_files(tmp_pa
         precheck(
             ["fit", "--config", RECYCLE, f"--data.init_args.train={missing}", *no_sets, "--print_config=skip_null"]
         )
+    with pytest.raises(FileNotFoundError, match=r"data.init_args.train\[1\]: .*missing.jsonl does not exist"):
+        train = str(ROOT / "configs" / "synthetic" / "sft.yaml")  # a file that is there
+        precheck(["fit", "--config", RECYCLE, f"--data.init_args.train=[{train}, {missing}]", *no_sets])
     with pytest.raises(FileNotFoundError, match=r"data.init_args.val_sets\[0\].path: .*missing.jsonl"):
         precheck(
             ["fit", "--config", RECYCLE, "--data.init_args.val_sets", f'[{{"path": "{missing}"}}]', "--print_config"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -199,3 +201,21 @@ def test_b_and_k_have_one_owner(world_dir) -> None:
     dm.trainer = SimpleNamespace(lightning_module=module)
     with pytest.raises(ValueError, match="model.oversample is 2 but strategy grpo does not use it"):
         dm.setup("fit")
+
+
+def test_the_pool_holds_every_training_file_given(world_dir, tmp_path) -> None:
+    from lit_search_rl.data.recycling_datamodule import RecyclingDataModule
+    from lit_search_rl.io import read_jsonl
+
+    rows = list(read_jsonl(world_dir / "train.jsonl"))
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({**r, "id": f"more-{r['id']}"}) + "\n" for r in rows[:5]))
+    dm = RecyclingDataModule([str(world_dir / "train.jsonl"), str(more)], batch_size=3, oversample=2, seed=4)
+    dm.setup("fit")
+    assert len(dm.records) == dm.pool.active == len(rows) + 5
+    assert [r.id for r in dm.records[-5:]] == [f"more-{r['id']}" for r in rows[:5]]
+    twice = RecyclingDataModule([str(world_dir / "train.jsonl")] * 2, batch_size=3, oversample=2)
+    with pytest.raises(ValueError, match="duplicate query ids"):
+        twice.setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"data.train: .*nope.jsonl does not exist"):
+        RecyclingDataModule([str(more), str(tmp_path / "nope.jsonl")]).setup("fit")

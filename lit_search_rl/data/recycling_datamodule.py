@@ -39,7 +39,8 @@ class RecyclingDataModule(EvalDataModule):
     """Training questions in a weighted pool, drawn by a query strategy, and evaluation sets.
 
     Args:
-        train: FlashRAG JSON-lines file of training questions (unique ids).
+        train: FlashRAG JSON-lines file of training questions, or a list of such files pooled together (ids
+            unique over all of them).
         strategy: ``recycle``, ``grpo`` (an epoch pass: B drawn, all consumed), ``dapo`` or ``bounded_dapo``.
         recycled_weight: Weight of drawn but unused queries under ``recycle`` (1 when unset); below 1 is soft
             recycling. Set with another strategy, it is an error.
@@ -69,7 +70,7 @@ class RecyclingDataModule(EvalDataModule):
 
     def __init__(
         self,
-        train: str,
+        train: str | list[str],
         strategy: Literal["recycle", "grpo", "dapo", "bounded_dapo"] = "recycle",
         recycled_weight: float | None = None,
         max_rounds: int | None = None,
@@ -94,7 +95,7 @@ class RecyclingDataModule(EvalDataModule):
                                   "weighting": weighting, "greso_alpha": greso_alpha, "allocator": allocator,
                                   "rollout_budget": rollout_budget, "group_size": group_size})  # fmt: skip
         super().__init__(val_sets, test_sets, eval_batch_size)
-        self.train_path = Path(train)
+        self.train_paths = [Path(train)] if isinstance(train, str) else [Path(path) for path in train]
         self.strategy_name, self.recycled_weight, self.max_rounds = strategy, recycled_weight, max_rounds
         self.exhaustion, self.seed, self.check_every = exhaustion, seed, check_every
         self.weighting_name, self.greso_alpha = weighting, greso_alpha
@@ -112,9 +113,12 @@ class RecyclingDataModule(EvalDataModule):
         super().setup(stage)
         if self.sampler is not None or stage != "fit":
             return
-        if not self.train_path.is_file():
-            raise FileNotFoundError(f"data.train: {self.train_path} does not exist")
-        self.records = load_qa(self.train_path)
+        if not self.train_paths:
+            raise ValueError("data.train: no file given")
+        missing = [str(path) for path in self.train_paths if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"data.train: {', '.join(missing)} does not exist")
+        self.records = [record for path in self.train_paths for record in load_qa(path)]
         batch, oversample, group = self._sizes()
         check_options(self.strategy_name, "data.", max_rounds=self.max_rounds, recycled_weight=self.recycled_weight)
         check_options(self.strategy_name, "model.", oversample=oversample)
