@@ -49,9 +49,10 @@ class DemoSettings:
     """Optimizer steps of the SFT warm start on expert trajectories, after the copy drills."""
     sft_learning_rate: float = 3e-3
     """Peak learning rate of the SFT warm start."""
-    grpo_steps: int = 25
+    grpo_steps: int = 100
     """Training batches (rollout steps) of GRPO with recycling (``grpo-recycle.yaml``: 16 questions of 8 rollouts
-    per update, from 32 candidates)."""
+    per update, from 32 candidates). GRPO's gain grows with steps as long as the pool holds questions that teach
+    (benchmarks/RESULTS.md, 2026-12-05); 100 is what fits the demo's 15 minutes on two cores."""
     grpo_learning_rate: float = 1e-4
     """Learning rate of GRPO."""
     max_hops: int = 3
@@ -60,9 +61,10 @@ class DemoSettings:
     """Questions with expert trajectories for the warm start (the world's SFT split): three times as many as
     the RL pool, so that the warm start learns to read and copy instead of memorising a few hundred."""
     num_train: int = 900
-    """Questions of the RL pool (the world's train split). Recycling consumes each question that gave a signal
-    group, so a long GRPO stage needs a larger pool: with 900, signal groups per update fall from 14 to under 2
-    after about 75 steps (a world of ``world_scale`` 2 leaves room for about 1,400, of 3 for 2,700)."""
+    """Questions of the world's train split, which GRPO's pool holds beside the SFT split's questions (GRPO reads
+    only their answers). Recycling consumes each question that gave a signal group, so a long GRPO stage needs a
+    large pool: with the train split alone (900), signal groups per update fall from 14 to under 2 after about 75
+    steps (a world of ``world_scale`` 2 leaves room for about 1,400, of 3 for 2,700)."""
     world_scale: int = 2
     """Multiplier of the world's entity counts (people, companies, films, bands, cities, countries,
     distractors): a larger world holds more distinct questions, so more expert trajectories fit in it."""
@@ -70,7 +72,7 @@ class DemoSettings:
     """Test questions per family (100 keeps a gain of 0.10 well outside the noise of the test set)."""
     num_val: int = 20
     """Validation questions per family, evaluated every ``val_every`` GRPO steps for the learning curve."""
-    val_every: int = 5
+    val_every: int = 25
     """GRPO rollout steps between validations."""
     hidden_size: int = 128
     """Width of the tiny model (narrower than the library default, for speed on two cores)."""
@@ -145,7 +147,8 @@ def train_grpo(out: Path, seed: int, settings: DemoSettings, name: str = "grpo-r
         f"--model.init_args.model={out / 'sft-model'}", f"--model.init_args.retriever={out / 'index'}",
         f"--model.init_args.export_dir={out / f'{name}-model'}", f"--model.init_args.sampling.seed={seed}",
         f"--model.init_args.optimizer.learning_rate={settings.grpo_learning_rate}",
-        f"--data.init_args.train={out / 'world' / 'train.jsonl'}", f"--data.init_args.seed={seed}",
+        f"--data.init_args.train=[{out / 'world' / 'train.jsonl'}, {out / 'world' / 'sft.jsonl'}]",
+        f"--data.init_args.seed={seed}",
         "--data.init_args.val_sets=[" + ", ".join(_eval_sets(out / "world", "val")) + "]",
         "--data.init_args.test_sets=[]", *extra,
     ])  # fmt: skip
