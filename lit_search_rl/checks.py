@@ -116,7 +116,10 @@ def check_loss_settings(values: Mapping[str, Any], prefix: str = "model.loss.") 
 def check_optimizer_settings(values: Mapping[str, Any], prefix: str = "model.optimizer.") -> None:
     """The optimizer settings' numbers (``grpo.config.OptimizerConfig``)."""
     _finite(values, ("learning_rate", "weight_decay", "gradient_clip", "adam_beta1", "adam_beta2", "adam_eps"), prefix)
-    _at_least(values, ("warmup_steps",), 0, prefix)
+    _at_least(values, ("warmup_steps", "decay_steps"), 0, prefix)
+    ratio = _number(values, "min_lr_ratio", prefix)
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise ValueError(f"{prefix}min_lr_ratio must be in [0, 1] (got {ratio})")
     for name in ("adam_beta1", "adam_beta2"):
         beta = _number(values, name, prefix)
         if beta is not None and beta >= 1:

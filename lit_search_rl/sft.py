@@ -9,7 +9,6 @@ Run it: ``lit-search-rl fit --config configs/synthetic/sft.yaml``.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -18,6 +17,7 @@ from lightning import LightningModule
 
 from lit_search_rl.fsdp import shard_policy
 from lit_search_rl.policy import ExportsPolicy, load_policy, load_tokenizer
+from lit_search_rl.schedules import warmup_cosine
 
 
 def next_token_predictions(
@@ -151,14 +151,7 @@ class SFTModule(ExportsPolicy, LightningModule):
         optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
         )
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        total, warmup = max(1, self.trainer.estimated_stepping_batches), self.hparams.warmup_steps
+        schedule = warmup_cosine(warmup, max(1, total - warmup), self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

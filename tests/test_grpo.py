@@ -37,6 +37,8 @@ def module(model_dir: Path, bm25_dir: Path, **kwargs) -> GRPOModule:
         ({"loss": LossConfig(advantage_scale="rank")}, "model.loss.advantage_scale must be one of group, batch, none"),
         ({"optimizer": OptimizerConfig(learning_rate=float("nan"))}, "model.optimizer.learning_rate"),
         ({"optimizer": OptimizerConfig(adam_beta2=1.0)}, "model.optimizer.adam_beta2"),
+        ({"optimizer": OptimizerConfig(min_lr_ratio=1.5)}, "model.optimizer.min_lr_ratio must be in"),
+        ({"optimizer": OptimizerConfig(decay_steps=-1)}, "model.optimizer.decay_steps"),
         ({"loss": LossConfig(zero_variance_alpha=-0.1)}, "model.loss.zero_variance_alpha must not be negative"),
         ({"loss": LossConfig(zero_variance_alpha=0.0)}, "model.loss.zero_variance_alpha must be above 0"),
         ({"rollout_workers": 0}, "model.rollout_workers must be at least 1"),
@@ -52,6 +54,24 @@ def test_the_optimizer_takes_adams_settings() -> None:
     built = OptimizerConfig(learning_rate=1e-3, adam_beta1=0.95, adam_beta2=0.99, adam_eps=1e-5).build([weight])
     group = built["optimizer"].param_groups[0]
     assert group["betas"] == (0.95, 0.99) and group["eps"] == 1e-5 and group["lr"] == pytest.approx(1e-3)
+
+
+def test_the_learning_rate_warms_up_then_stays_or_decays_to_its_floor() -> None:
+    def rates(config: OptimizerConfig, steps: int) -> list[float]:
+        built = config.build([torch.nn.Parameter(torch.zeros(3))])
+        optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+        seen = []
+        for _ in range(steps):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    constant = rates(OptimizerConfig(learning_rate=1.0, warmup_steps=2), 6)
+    assert constant == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0])  # veRL's default: no decay
+    decayed = rates(OptimizerConfig(learning_rate=1.0, warmup_steps=2, decay_steps=4, min_lr_ratio=0.2), 9)
+    assert decayed == pytest.approx([0.5, 1.0, 1.0, 0.2 + 0.8 * (0.5 + 0.5 * math.cos(math.pi / 4)), 0.6,
+                                     0.2 + 0.8 * (0.5 - 0.5 * math.cos(math.pi / 4)), 0.2, 0.2, 0.2])  # fmt: skip
 
 
 def nan_for_paris(answer: str | None, golden_answers: list[str]) -> float:

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from lit_search_rl.checks import check_loss_settings, check_one_of, check_optimizer_settings
+from lit_search_rl.schedules import warmup_cosine
 
 
 @dataclass
@@ -62,12 +63,17 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW with linear warm-up to a constant learning rate, and gradient clipping."""
+    """AdamW with linear warm-up, a constant or cosine-decayed learning rate after it, and gradient clipping."""
 
     learning_rate: float = 1e-6
     """Peak AdamW learning rate."""
     warmup_steps: int = 0
     """Optimizer steps of linear warm-up."""
+    decay_steps: int = 0
+    """Optimizer steps of cosine decay after the warm-up, from the peak down to ``min_lr_ratio`` of it (held there
+    after); 0 keeps the peak rate (veRL's default). A step without signal groups takes no optimizer step."""
+    min_lr_ratio: float = 0.0
+    """Learning rate at the end of the decay, as a fraction of the peak, in [0, 1]."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     gradient_clip: float = 1.0
@@ -87,6 +93,6 @@ class OptimizerConfig:
         """AdamW over ``params`` and its warm-up schedule, as Lightning's ``configure_optimizers`` returns them."""
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, betas=(self.adam_beta1, self.adam_beta2),
                                       eps=self.adam_eps, weight_decay=self.weight_decay)  # fmt: skip
-        warmup = max(1, self.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = warmup_cosine(self.warmup_steps, self.decay_steps, self.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
