@@ -270,7 +270,7 @@ def check_train_rows(values: Any, subcommand: str | None) -> None:
     train = _get(values, "train")
     if subcommand != "fit":
         return
-    for path in [train] if isinstance(train, str) else train if isinstance(train, list | tuple) else []:
+    for path in [train] if isinstance(train, str) else list(train or []):  # one file or several
         if isinstance(path, str) and Path(path).is_file():
             try:
                 load_qa(Path(path))
