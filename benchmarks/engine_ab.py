@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -38,6 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("slot_cache", "decoder", "torch_engine")  # the engine's modules under lit_search_rl/rollout, itself last
 
 
+def load_source(name: str, source: str, folder: Path) -> ModuleType:
+    """Python ``source`` imported as module ``name`` (written to ``folder`` first), beside this tree's modules."""
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def engine_at(revision: str) -> type:
     """``TorchEngine`` as its modules stood at ``revision`` (each loaded under a name of its own).
 
@@ -54,13 +66,7 @@ def engine_at(revision: str) -> type:
         source = shown.stdout
         for other in MODULES:
             source = source.replace(f"from lit_search_rl.rollout.{other} import", f"from earlier_{other} import")
-        path = folder / f"earlier_{name}.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"earlier_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-        engine = module
+        engine = load_source(f"earlier_{name}", source, folder)
     return engine.TorchEngine
 
 

@@ -12,7 +12,6 @@ their ratio, and the share of the batch's positions that are padding. Writes ``-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -28,6 +27,9 @@ import yaml
 from lit_search_rl.threads import configure_threads
 
 configure_threads()
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_ab import load_source  # noqa: E402
 
 from lit_search_rl.grpo import update as this_update  # noqa: E402
 from lit_search_rl.grpo.config import LossConfig  # noqa: E402
@@ -46,13 +48,7 @@ def update_at(revision: str) -> ModuleType:
     """``lit_search_rl.grpo.update`` as it stood at ``revision``, loaded under a name of its own."""
     shown = subprocess.run(["git", "show", f"{revision}:lit_search_rl/grpo/update.py"], cwd=ROOT,
                            capture_output=True, text=True, check=True)  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "earlier_update.py"
-    path.write_text(shown.stdout)
-    spec = importlib.util.spec_from_file_location("earlier_update", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_source("earlier_update", shown.stdout, Path(tempfile.mkdtemp()))
 
 
 def timed_update(module: ModuleType, policy, groups, rewards, chosen, pad_id: int, micro: int, horizon: int):
