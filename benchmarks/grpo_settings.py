@@ -30,11 +30,22 @@ configure_threads()
 from lit_search_rl.tools.demo import FAMILIES, DemoSettings, evaluate_policy, train_grpo  # noqa: E402
 
 
+def warm_start(run: Path, seed: int) -> dict:
+    """The warm start's test results (``summary`` and per-question ``em``), tested once and kept in
+    ``RUN/settings/sft.json``."""
+    path = run / "settings" / "sft.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sft = evaluate_policy(run, run / "sft-model", "sft", seed)
+        path.write_text(json.dumps({"summary": sft.summary, "em": sft.em}) + "\n")
+    return json.loads(path.read_text())
+
+
 def run_variant(run: Path, name: str, overrides: list[str], seed: int, result: Path) -> None:
     """Train one variant from the warm start in ``run`` and test it; writes ``result``."""
     from lit_search_rl.evaluation.bootstrap import paired_bootstrap
 
-    before = json.loads((run / "settings" / "sft.json").read_text())
+    before = warm_start(run, seed)
     start = time.perf_counter()
     cli = train_grpo(run, seed, DemoSettings(), name=name, extra=overrides)
     seconds = time.perf_counter() - start
@@ -68,9 +79,7 @@ def main() -> None:
     if args.worker is not None:
         run_variant(args.run, args.worker, variants[args.worker], args.seed, folder / f"{args.worker}.json")
         return
-    if not (folder / "sft.json").exists():
-        sft = evaluate_policy(args.run, args.run / "sft-model", "sft", args.seed)
-        (folder / "sft.json").write_text(json.dumps({"summary": sft.summary, "em": sft.em}) + "\n")
+    warm_start(args.run, args.seed)
     pending = [n for n in variants if not (folder / f"{n}.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     running: list[subprocess.Popen] = []
