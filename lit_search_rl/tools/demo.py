@@ -64,7 +64,8 @@ class DemoSettings:
     """Questions of the world's train split, which GRPO's pool holds beside the SFT split's questions (GRPO reads
     only their answers). Recycling consumes each question that gave a signal group, so a long GRPO stage needs a
     large pool: with the train split alone (900), signal groups per update fall from 14 to under 2 after about 75
-    steps (a world of ``world_scale`` 2 leaves room for about 1,400, of 3 for 2,700)."""
+    steps (a world of ``world_scale`` 2 leaves room for about 1,200 on every seed, of 3 for 2,700); a pool of
+    1,200 fresh questions alone runs dry within the demo's 100 steps too (benchmarks/RESULTS.md, 2026-12-05)."""
     world_scale: int = 2
     """Multiplier of the world's entity counts (people, companies, films, bands, cities, countries,
     distractors): a larger world holds more distinct questions, so more expert trajectories fit in it."""
