@@ -108,6 +108,27 @@ def test_on_policy_pass_equals_a_frozen_old_logprob_pass(model_dir: Path) -> Non
         assert torch.allclose(g, frozen[name], atol=1e-7, rtol=1e-5), name
 
 
+def test_clip_settings_change_nothing_in_an_on_policy_pass(model_dir: Path) -> None:
+    # With one update epoch the ratio is 1 on every token, so no clip is ever active: clip-higher and a
+    # tight clip give the gradient of the default. Off-policy old logprobs make the tight clip bite.
+    m = Update(model_dir, micro=4)
+    batch = random_batch(m.policy, [[1, 0, 0, 1], [0, 1, 1, 1]])
+    off_policy = batch.old_logprobs
+    results = {}
+    for old in ("on", "off"):
+        batch.old_logprobs = None if old == "on" else off_policy
+        for clip in ((0.2, 0.2), (0.2, 0.28), (0.01, 0.01)):
+            m.loss = LossConfig(clip_low=clip[0], clip_high=clip[1])
+            m.policy.zero_grad(set_to_none=True)
+            m.accumulate(batch)
+            results[old, clip] = grads(m)
+    for clip in ((0.2, 0.28), (0.01, 0.01)):
+        for name, g in results["on", clip].items():
+            assert torch.equal(g, results["on", (0.2, 0.2)][name]), (clip, name)
+    tight, default = results["off", (0.01, 0.01)], results["off", (0.2, 0.2)]
+    assert any(not torch.allclose(tight[n], default[n]) for n in default)
+
+
 def test_zero_variance_groups_add_exactly_nothing(model_dir: Path) -> None:
     m = Update(model_dir, micro=8)
     with_flat = random_batch(m.policy, [[1, 0, 0, 1], [1, 1, 1, 1]])

@@ -34,9 +34,11 @@ class LossConfig:
     """How token losses become one number: over all tokens, or per sequence first (seq-mean-token-sum-norm
     divides by ``rollout.max_total_tokens``, Dr. GRPO's constant)."""
     clip_low: float = 0.2
-    """Lower clip of the ratio, 1 - clip_low."""
+    """Lower clip of the ratio, 1 - clip_low. The clip acts only with ``update_epochs`` above 1: one pass is
+    on-policy, its ratio is 1 on every token, and no clip setting changes the update."""
     clip_high: float = 0.2
-    """Upper clip of the ratio, 1 + clip_high (DAPO's clip-higher: above clip_low, 0.28 in the paper)."""
+    """Upper clip of the ratio, 1 + clip_high (DAPO's clip-higher: above clip_low, 0.28 in the paper); like
+    ``clip_low``, without effect at one update epoch."""
     clip_c: float | None = None
     """Dual-clip bound for negative advantages (above 1, veRL's clip_ratio_c), or unset."""
     kl_coef: float = 0.0
