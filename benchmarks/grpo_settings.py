@@ -27,7 +27,7 @@ from lit_search_rl.threads import configure_threads
 
 configure_threads()
 
-from lit_search_rl.tools.demo import FAMILIES, DemoSettings, evaluate_policy, train_grpo  # noqa: E402
+from lit_search_rl.tools.demo import FAMILIES, DemoSettings, evaluate_policy, family_gains, train_grpo  # noqa: E402
 
 
 def warm_start(run: Path, seed: int) -> dict:
@@ -43,14 +43,12 @@ def warm_start(run: Path, seed: int) -> dict:
 
 def run_variant(run: Path, name: str, overrides: list[str], seed: int, result: Path) -> None:
     """Train one variant from the warm start in ``run`` and test it; writes ``result``."""
-    from lit_search_rl.evaluation.bootstrap import paired_bootstrap
-
     before = warm_start(run, seed)
     start = time.perf_counter()
     cli = train_grpo(run, seed, DemoSettings(), name=name, extra=overrides)
     seconds = time.perf_counter() - start
     after = evaluate_policy(run, run / f"{name}-model", name, seed)
-    gains = {f: paired_bootstrap(before["em"][f], after.em[f], seed=seed).as_dict() for f in (*FAMILIES, "avg")}
+    gains = family_gains(before["em"], after.em, seed)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith(("train/", "pool/"))}
     result.write_text(json.dumps({
         "name": name, "overrides": overrides, "seconds": seconds, "optimizer_steps": cli.trainer.global_step,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,8 @@ configure_threads()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpo_settings import warm_start  # noqa: E402
 
-from lit_search_rl.tools.demo import FAMILIES, DemoSettings, evaluate_policy, train_grpo  # noqa: E402
+from lit_search_rl.policy import export_policy, load_tokenizer  # noqa: E402
+from lit_search_rl.tools.demo import DemoSettings, evaluate_policy, family_gains, train_grpo  # noqa: E402
 
 Weights = dict[str, torch.Tensor]
 SNAPSHOTS: dict[int, Weights] = {}  # optimizer step -> a CPU copy of the policy's weights after it
@@ -80,17 +80,10 @@ def save_like(export: Path, weights: Weights, folder: Path) -> None:
     """``export`` (a policy folder) with ``weights`` in place of its own, saved to ``folder``."""
     from transformers import AutoModelForCausalLM
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.copytree(export, folder)  # tokenizer and chat template
-    model = AutoModelForCausalLM.from_pretrained(export)
-    model.load_state_dict(weights)
-    model.save_pretrained(folder)
+    export_policy(AutoModelForCausalLM.from_pretrained(export), load_tokenizer(str(export)), folder, state=weights)
 
 
 def main() -> None:
-    from lit_search_rl.evaluation.bootstrap import paired_bootstrap
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="A finished demo run folder.")
     parser.add_argument("--seed", type=int, default=0, help="The seed the demo run used.")
@@ -117,9 +110,7 @@ def main() -> None:
             folder = args.run / "averaging" / f"{name}-{label}"
             save_like(args.run / f"{name}-model", weights, folder)
             after = evaluate_policy(args.run, folder, f"{name}-{label}", args.seed)
-            gains = {
-                f: paired_bootstrap(before["em"][f], after.em[f], seed=args.seed).as_dict() for f in (*FAMILIES, "avg")
-            }
+            gains = family_gains(before["em"], after.em, args.seed)
             results[label] = gains
             print(label, " ".join(f"{f} {g['gain']:+.3f}" for f, g in gains.items()),
                   f"[{gains['avg']['low']:+.3f}, {gains['avg']['high']:+.3f}]", flush=True)  # fmt: skip

@@ -135,6 +135,14 @@ def evaluate_policy(out: Path, policy: Path, name: str, seed: int, retriever: st
     return Evaluation(cli.model.last_evaluation, em, cli.model.last_predictions)
 
 
+def family_gains(before: dict[str, list[float]], after: dict[str, list[float]], seed: int) -> dict[str, dict]:
+    """Test EM gain from ``before`` to ``after`` (per-question EM by family, ``avg`` among them) for each family
+    and the average, with its paired-bootstrap 95% interval."""
+    from lit_search_rl.evaluation.bootstrap import paired_bootstrap
+
+    return {f: paired_bootstrap(before[f], after[f], seed=seed).as_dict() for f in (*FAMILIES, "avg")}
+
+
 def train_grpo(out: Path, seed: int, settings: DemoSettings, name: str = "grpo-recycle",
                extra: Sequence[str] = ()) -> LightningCLI:  # fmt: skip
     """The demo's GRPO stage from the warm start in ``out``: ``fit`` of ``grpo-recycle.yaml``, logged as ``name``
@@ -166,7 +174,6 @@ def _world_config(seed: int, settings: DemoSettings) -> WorldConfig:
 def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     """Run the main job into ``out``; returns the figures the summary prints."""
     from lit_search_rl.data.synthetic.world import generate_world, write_world
-    from lit_search_rl.evaluation.bootstrap import paired_bootstrap
     from lit_search_rl.models.tiny import TinyModelConfig, create_tiny_model
     from lit_search_rl.retrieval.index import build_index
 
@@ -217,8 +224,7 @@ def run_demo(out: Path, seed: int, settings: DemoSettings) -> dict:
     control = {name: evaluate_policy(out, out / folder, f"{name}-no-search", seed, "empty://").summary
                for name, folder in (("sft", "sft-model"), ("grpo", "grpo-recycle-model"))}  # fmt: skip
     times["no-search control"] = time.perf_counter() - start
-    gains = {family: paired_bootstrap(before.em[family], after.em[family], seed=seed).as_dict()
-             for family in (*FAMILIES, "avg")}  # fmt: skip
+    gains = family_gains(before.em, after.em, seed)
     log_dir = Path(grpo.trainer.log_dir)
     return {
         "seed": seed, "copy_accuracy": copy_accuracy, "before": before.summary, "after": after.summary,
